@@ -1,0 +1,115 @@
+"""Where out-of-core work runs: the user's cluster, or an embedded local one.
+
+Resolution order for a dask input (NumPy/SciPy inputs never start anything):
+
+1. ``dask.config`` names a scheduler (``dask.config.set(scheduler="threads")``, or a
+   ``Client`` set as default): use it.
+2. A ``distributed.Client`` exists in this process: use its cluster.
+3. Otherwise start (once per process) an embedded local cluster sized to the machine: one
+   single-threaded worker process per core, the machine's memory shared between them. It
+   is reused by later fits, becomes dask's default client (so that ``W.compute()`` runs
+   where W lives), and is closed when the interpreter exits.
+
+The embedded cluster is distributed's ``SubprocessCluster`` (scheduler and nanny-managed
+workers started as ``python -m dask spec``) rather than ``LocalCluster``: LocalCluster's
+workers are started with multiprocessing's *spawn*, which re-imports the user's
+``__main__`` and fails in a plain script without an ``if __name__ == "__main__":`` guard —
+the way scikit-learn users write their scripts.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from typing import Any
+
+import dask
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_embedded: dict[str, Any] = {}
+
+
+def active_client() -> Any | None:
+    """The ``distributed.Client`` dask would use now, or ``None``."""
+    scheduler = dask.config.get("scheduler", None)
+    if scheduler is not None and scheduler not in ("dask.distributed", "distributed"):
+        if "Client" in type(scheduler).__name__:
+            return scheduler
+        return None
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return Client.current(allow_global=True)
+    except ValueError:
+        return None
+
+
+def uses_explicit_scheduler() -> bool:
+    """True when the user chose a scheduler (config or a live Client)."""
+    return dask.config.get("scheduler", None) is not None or active_client() is not None
+
+
+def embedded_client(n_workers: int | None = None, memory_limit: str | int = "auto") -> Any:
+    """Start, or return, this process's embedded ``LocalCluster`` client.
+
+    One worker process per core, one thread each (BLAS inside a task is single-threaded
+    there, so workers do not oversubscribe the cores); ``memory_limit='auto'`` gives each
+    worker an equal share of the machine's memory.
+    """
+    from distributed import Client
+    from distributed.deploy.subprocess import SubprocessCluster
+
+    with _lock:
+        client = _embedded.get("client")
+        if client is not None and client.status == "running":
+            return client
+        n = n_workers or os.cpu_count() or 1
+        cluster = SubprocessCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            worker_kwargs={"memory_limit": memory_limit},
+            dashboard_address=":0",
+        )
+        # The default client from now on: W of an out-of-core fit lives on these workers,
+        # and the user's later dask computations (W.compute(), W.to_zarr()) must run there.
+        client = Client(cluster, set_as_default=True)
+        _embedded.update(client=client, cluster=cluster)
+        logger.info(
+            "bignmf started a local Dask cluster: %d workers, dashboard at %s",
+            n,
+            client.dashboard_link,
+        )
+        return client
+
+
+def close_embedded() -> None:
+    """Close the embedded cluster, if one was started."""
+    with _lock:
+        client = _embedded.pop("client", None)
+        cluster = _embedded.pop("cluster", None)
+    if client is not None:
+        client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+atexit.register(close_embedded)
+
+
+def worker_memory_limit(client: Any | None) -> int | None:
+    """Smallest memory limit among the client's workers, in bytes (``None`` if unknown)."""
+    if client is None:
+        return None
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:
+        workers = client.scheduler_info()["workers"]
+    limits = [w.get("memory_limit") or 0 for w in workers.values()]
+    limits = [lim for lim in limits if lim]
+    return min(limits) if limits else None

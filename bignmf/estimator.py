@@ -1,0 +1,409 @@
+"""scikit-learn compatible :class:`NMF`, :func:`non_negative_factorization` and :func:`nmf`.
+
+All three share one code path: the functions build an estimator and call
+``NMF._fit_transform``. The estimator validates parameters once (``_CONSTRAINTS``), turns the
+input into an executor (:mod:`bignmf.executor`) and dispatches to :mod:`bignmf.init` and
+:mod:`bignmf.fit`.
+
+* NumPy arrays and SciPy sparse matrices are factorized in this process (NumPy in, NumPy out).
+* Paths to Zarr stores, ``zarr.Array`` and dask arrays are processed block by block with
+  dask; ``W`` comes back as a dask array that stays on the workers and can be written
+  to Zarr, ``H`` (``components_``) as NumPy.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from bignmf import cluster, io
+from bignmf.executor import DaskExecutor, Eager
+from bignmf.fit import FitResult, IterationInfo, fit
+from bignmf.init import Initial, initialize, resolve_init
+from bignmf.losses import Penalty
+from bignmf.passes import transform_block
+from bignmf.solvers import SOLVER_NAMES, hals
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, Real) and not isinstance(v, bool)
+
+
+# name: (test, what is allowed) — checked once per fit, messages name the parameter.
+_CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n_components": (lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1),
+                     "an int >= 1, 'auto' or None"),
+    "init": (lambda v: v in (None, "random", "nndsvd", "nndsvda", "nndsvdar", "custom"),
+             "one of None, 'random', 'nndsvd', 'nndsvda', 'nndsvdar', 'custom'"),
+    "solver": (lambda v: v in SOLVER_NAMES, f"one of {', '.join(map(repr, SOLVER_NAMES))}"),
+    "beta_loss": (lambda v: v in ("frobenius", "kullback-leibler", "itakura-saito")
+                  or _is_real(v), "'frobenius', 'kullback-leibler', 'itakura-saito' or a float"),
+    "tol": (lambda v: _is_real(v) and v >= 0, "a float >= 0"),
+    "max_iter": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "random_state": (lambda v: v is None or _is_int(v) or isinstance(v, np.random.RandomState),
+                     "None, an int or a numpy.random.RandomState"),
+    "alpha_W": (lambda v: _is_real(v) and v >= 0, "a float >= 0"),
+    "alpha_H": (lambda v: v == "same" or (_is_real(v) and v >= 0), "a float >= 0 or 'same'"),
+    "l1_ratio": (lambda v: _is_real(v) and 0 <= v <= 1, "a float in [0, 1]"),
+    "verbose": (lambda v: _is_int(v) or isinstance(v, bool), "an int or a bool"),
+    "shuffle": (lambda v: isinstance(v, bool | np.bool_), "a bool"),
+    "inner_sweeps": (lambda v: v == "auto" or (_is_int(v) and v >= 1), "an int >= 1 or 'auto'"),
+    "block_rows": (lambda v: v is None or (_is_int(v) and v >= 1), "an int >= 1 or None"),
+}
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A constructor parameter has a value NMF does not accept (as scikit-learn's)."""
+
+
+class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Non-negative matrix factorization ``V ~ W H`` — out of core, a drop-in for
+    :class:`sklearn.decomposition.NMF`.
+
+    Minimizes scikit-learn's objective::
+
+        0.5 ||V - W H||_F^2
+        + alpha_W * l1_ratio * n_features * ||W||_1 + 0.5 * alpha_W * (1 - l1_ratio) * n_features * ||W||_F^2
+        + alpha_H * l1_ratio * n_samples * ||H||_1 + 0.5 * alpha_H * (1 - l1_ratio) * n_samples * ||H||_F^2
+
+    Each iteration reads V once (see :mod:`bignmf.fit`); initialization reads it once
+    (``random``) or twice (NNDSVD family), see :mod:`bignmf.init`.
+
+    Parameters
+    ----------
+    n_components, init, solver, beta_loss, tol, max_iter, random_state, alpha_W, alpha_H, \
+l1_ratio, verbose, shuffle
+        As in scikit-learn. ``solver='cd'`` (coordinate descent, i.e. HALS; also spelled
+        ``'hals'``) or ``'mu'`` (multiplicative updates). ``tol`` applies to the relative
+        decrease of the objective between two iterations. This version fits the Frobenius
+        loss (``beta_loss='frobenius'``).
+    inner_sweeps : int or 'auto', default='auto'
+        Solver sweeps per update of each factor. Sweeps reuse the products of a pass and
+        cost no I/O; ``'auto'`` repeats them while they still help (Gillis & Glineur 2012),
+        at most 10. ``1`` gives scikit-learn's iterates exactly.
+    block_rows : int, optional
+        Rows per block of V for out-of-core inputs (default: ~128 MiB blocks, fewer when the
+        workers' memory limit is small).
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_features)
+        H.
+    n_components_ : int
+    reconstruction_err_ : float
+        ``||V - W H||_F`` at the end of the fit (from the iteration's products).
+    n_iter_ : int
+    n_features_in_ : int
+    loss_history_ : list of float
+        The objective before the first iteration and after each one.
+    """
+
+    def __init__(
+        self,
+        n_components: int | str | None = "auto",
+        *,
+        init: str | None = None,
+        solver: str = "cd",
+        beta_loss: str | float = "frobenius",
+        tol: float = 1e-4,
+        max_iter: int = 200,
+        random_state: int | np.random.RandomState | None = None,
+        alpha_W: float = 0.0,
+        alpha_H: float | str = "same",
+        l1_ratio: float = 0.0,
+        verbose: int = 0,
+        shuffle: bool = False,
+        inner_sweeps: int | str = "auto",
+        block_rows: int | None = None,
+    ) -> None:
+        self.n_components = n_components
+        self.init = init
+        self.solver = solver
+        self.beta_loss = beta_loss
+        self.tol = tol
+        self.max_iter = max_iter
+        self.random_state = random_state
+        self.alpha_W = alpha_W
+        self.alpha_H = alpha_H
+        self.l1_ratio = l1_ratio
+        self.verbose = verbose
+        self.shuffle = shuffle
+        self.inner_sweeps = inner_sweeps
+        self.block_rows = block_rows
+
+    # ------------------------------------------------------------------ validation
+    def _validate_params(self) -> None:
+        for name, (ok, allowed) in _CONSTRAINTS.items():
+            value = getattr(self, name)
+            if not ok(value):
+                raise InvalidParameterError(
+                    f"The {name!r} parameter of {type(self).__name__} must be {allowed}. "
+                    f"Got {value!r} instead."
+                )
+        if self.beta_loss not in ("frobenius", 2, 2.0):
+            if self.solver != "mu":
+                raise InvalidParameterError(
+                    f"Invalid beta_loss parameter: solver {self.solver!r} does not handle "
+                    f"beta_loss = {self.beta_loss!r}"
+                )
+            raise NotImplementedError(
+                f"beta_loss={self.beta_loss!r} is not available in this version of bignmf; "
+                "use beta_loss='frobenius'"
+            )
+        if self.solver == "mu" and self.init == "nndsvd":
+            warnings.warn(
+                "The multiplicative update ('mu') solver cannot update zeros present in the "
+                "initialization, and so leads to poorer results when used jointly with "
+                "init='nndsvd'. You may try init='nndsvda' or init='nndsvdar' instead.",
+                UserWarning, stacklevel=3,
+            )
+
+    def _prepare(self, X: Any, *, reset: bool) -> tuple[Any, tuple[int, int], np.dtype]:
+        """Validate X's metadata and wrap it in an executor (reads no data of V)."""
+        if io.is_out_of_core(X):
+            client = None if cluster.uses_explicit_scheduler() else cluster.embedded_client()
+            limit = cluster.worker_memory_limit(client or cluster.active_client())
+            block_bytes = min(io.DEFAULT_BLOCK_BYTES, limit // 8) if limit else None
+            V = io.open_matrix(X, block_rows=self.block_rows, block_bytes=block_bytes)
+            if reset:
+                self.n_features_in_ = V.shape[1]
+                if hasattr(self, "feature_names_in_"):
+                    del self.feature_names_in_
+            elif V.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {V.shape[1]} features, but {type(self).__name__} is expecting "
+                    f"{self.n_features_in_} features as input."
+                )
+            return DaskExecutor(V, client), V.shape, V.dtype
+        X = validate_data(
+            self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32], reset=reset,
+        )
+        if sp.issparse(X):
+            X = sp.csr_matrix(X)
+        return Eager(X), X.shape, X.dtype
+
+    def _resolve_n_components(self, n_features: int, H: Any) -> int:
+        if self.n_components in (None, "auto"):
+            if self.n_components == "auto" and H is not None and (
+                self.init == "custom" or H is not None):
+                return int(np.shape(H)[0])
+            return n_features
+        return int(self.n_components)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X: Any, y: Any = None, **params: Any) -> NMF:
+        """Learn the factorization of X; see :meth:`fit_transform`."""
+        self.fit_transform(X, **params)
+        return self
+
+    def fit_transform(
+        self, X: Any, y: Any = None, W: Any = None, H: Any = None,
+        callback: Callable[[IterationInfo], None] | None = None,
+    ) -> Any:
+        """Learn the factorization of X and return W.
+
+        Parameters
+        ----------
+        X : array-like, sparse matrix, dask array, zarr.Array or path to a Zarr array
+            Non-negative data of shape (n_samples, n_features).
+        W, H : array-like, optional
+            Initial factors when ``init='custom'``.
+        callback : callable, optional
+            Called with an :class:`bignmf.fit.IterationInfo` after every iteration.
+
+        Returns
+        -------
+        W : ndarray (in-memory X) or dask array (out-of-core X) of shape (n_samples, k)
+        """
+        self._validate_params()
+        W_out, H_out, n_iter, result = self._fit_transform(X, W=W, H=H, callback=callback)
+        assert result is not None
+        self.reconstruction_err_ = result.reconstruction_err
+        self.n_components_ = H_out.shape[0]
+        self.components_ = H_out
+        self.n_iter_ = n_iter
+        self.loss_history_ = result.loss_history
+        return W_out
+
+    def _fit_transform(
+        self, X: Any, W: Any = None, H: Any = None, update_H: bool = True,
+        callback: Callable[[IterationInfo], None] | None = None,
+    ) -> tuple[Any, np.ndarray, int, FitResult | None]:
+        ex, shape, dtype = self._prepare(X, reset=update_H)
+        k = self._resolve_n_components(shape[1], H if (self.init == "custom" or not update_H)
+                                       else None)
+        if not update_H:
+            if W is not None:
+                warnings.warn("When update_H=False, the provided initial W is not used.",
+                              RuntimeWarning, stacklevel=3)
+            H = _check_factor(H, (k, shape[1]), dtype, "NMF (input H)")
+            W_out, n_iter = self._solve_W(ex, H, shape, dtype, compute=True)
+            return W_out, H, n_iter, None
+        init = resolve_init(self.init, k, shape)
+        if init == "custom":
+            H = _check_factor(H, (k, shape[1]), dtype, "NMF (input H)")
+            W = _check_factor(W, (shape[0], k), dtype, "NMF (input W)")
+            initial = Initial(ex.split(W), H.copy(), None, passes=0)
+        else:
+            if W is not None or H is not None:
+                warnings.warn(
+                    "When init!='custom', provided W or H are ignored. Set "
+                    " init='custom' to use them as initialization.",
+                    RuntimeWarning, stacklevel=3,
+                )
+            initial = initialize(ex, shape, dtype, k, init, self.random_state)
+        result = fit(
+            ex, initial, shape=shape, dtype=dtype, solver=self.solver,
+            penalty=Penalty.from_alphas(shape, self.alpha_W, self.alpha_H, self.l1_ratio),
+            tol=self.tol, max_iter=self.max_iter, inner_sweeps=self.inner_sweeps,
+            shuffle=self.shuffle, random_state=self.random_state, callback=callback,
+            verbose=self.verbose,
+        )
+        if not result.converged and self.tol > 0:
+            warnings.warn(
+                f"Maximum number of iterations {self.max_iter} reached. Increase it to "
+                "improve convergence.", ConvergenceWarning, stacklevel=3,
+            )
+        return ex.assemble(result.W_blocks, k, dtype), result.H, result.n_iter, result
+
+    def _solve_W(
+        self, ex: Any, H: np.ndarray, shape: tuple[int, int], dtype: np.dtype, compute: bool
+    ) -> tuple[Any, int]:
+        """W for fixed H: one pass over V, each row solved to ``tol`` (at most ``max_iter``
+        HALS sweeps). Lazy for dask inputs unless ``compute``."""
+        H = H.astype(dtype, copy=False)
+        H64 = H.astype(np.float64)
+        penalty = Penalty.from_alphas(shape, self.alpha_W, self.alpha_H, self.l1_ratio)
+        outs = ex.map(
+            transform_block, ex.blocks(), nout=2, H=H, HHt=H64 @ H64.T, update=hals.update,
+            l1=penalty.l1_W, l2=penalty.l2_W, max_iter=self.max_iter, tol=self.tol,
+        )
+        blocks = ex.take(outs, 0)
+        n_iter = self.max_iter
+        if compute:
+            blocks, sums = ex.run(blocks, ex.total(ex.take(outs, 1)))
+            n_iter = int(sums["max_iter_done"])
+        return ex.assemble(blocks, H.shape[0], dtype), n_iter
+
+    def transform(self, X: Any) -> Any:
+        """W for new data with the learned H (one pass over X; lazy for dask inputs).
+
+        Each row is a non-negative least-squares problem solved by HALS to ``tol``,
+        whatever the ``solver`` used for fitting (the problem is convex, so the answer is
+        the same; HALS gets there in fewer sweeps).
+        """
+        check_is_fitted(self)
+        if not io.is_out_of_core(X):
+            validate_data(self, X, accept_sparse=("csr", "csc"),
+                          dtype=[np.float64, np.float32], reset=False, ensure_non_negative=True)
+        ex, shape, dtype = self._prepare(X, reset=False)
+        W, _ = self._solve_W(ex, self.components_, shape, dtype, compute=False)
+        return W
+
+    def inverse_transform(self, X: Any) -> Any:
+        """``X @ components_``: the data reconstructed from W (dask in, dask out)."""
+        check_is_fitted(self)
+        if isinstance(X, da.Array):
+            return X @ self.components_
+        return X @ self.components_
+
+    @property
+    def _n_features_out(self) -> int:
+        return int(self.components_.shape[0])
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        tags.input_tags.sparse = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+def _check_factor(A: Any, shape: tuple[int, int], dtype: np.dtype, whom: str) -> Any:
+    """scikit-learn's ``_check_init`` plus its dtype rule, for NumPy or dask factors."""
+    if A is None:
+        raise ValueError(f"Array passed to {whom} is None; init='custom' needs both W and H")
+    if not isinstance(A, da.Array):
+        A = np.asarray(A)
+    if tuple(A.shape) != shape:
+        raise ValueError(f"Array with wrong shape passed to {whom}. Expected {shape}, "
+                         f"but got {tuple(A.shape)} ")
+    if A.dtype != dtype:
+        raise TypeError(f"{whom.split('(input ')[-1].rstrip(')')} should have the same dtype "
+                        f"as X. Got {A.dtype}, expected {dtype}.")
+    if not isinstance(A, da.Array):
+        if not np.all(np.isfinite(A)):
+            raise ValueError(f"Array passed to {whom} contains NaN or infinity")
+        if A.size and A.min() < 0:
+            raise ValueError(f"Negative values in data passed to {whom}")
+        if np.max(A) == 0:
+            raise ValueError(f"Array passed to {whom} is full of zeros.")
+    return A
+
+
+def non_negative_factorization(
+    X: Any, W: Any = None, H: Any = None, n_components: int | str | None = "auto", *,
+    init: str | None = None, update_H: bool = True, solver: str = "cd",
+    beta_loss: str | float = "frobenius", tol: float = 1e-4, max_iter: int = 200,
+    alpha_W: float = 0.0, alpha_H: float | str = "same", l1_ratio: float = 0.0,
+    random_state: Any = None, verbose: int = 0, shuffle: bool = False,
+) -> tuple[Any, np.ndarray, int]:
+    """scikit-learn's :func:`~sklearn.decomposition.non_negative_factorization`, out of core.
+
+    Returns ``(W, H, n_iter)``. With ``update_H=False``, H is fixed and W is solved in one
+    pass over X.
+    """
+    est = NMF(
+        n_components=n_components, init=init, solver=solver, beta_loss=beta_loss, tol=tol,
+        max_iter=max_iter, random_state=random_state, alpha_W=alpha_W, alpha_H=alpha_H,
+        l1_ratio=l1_ratio, verbose=verbose, shuffle=shuffle,
+    )
+    est._validate_params()
+    W_out, H_out, n_iter, _ = est._fit_transform(X, W=W, H=H, update_H=update_H)
+    return W_out, H_out, n_iter
+
+
+@dataclass
+class NMFResult:
+    """What :func:`nmf` returns."""
+
+    W: Any
+    H: np.ndarray
+    n_iter: int
+    reconstruction_err: float
+    converged: bool
+    loss_history: list[float] = field(default_factory=list)
+
+
+def nmf(X: Any, n_components: int | str | None = "auto", **params: Any) -> NMFResult:
+    """Factorize X and return an :class:`NMFResult` (``W``, ``H``, ``n_iter``,
+    ``reconstruction_err``, ``converged``, ``loss_history``).
+
+    ``params`` are :class:`NMF`'s constructor parameters, plus ``W``, ``H`` (with
+    ``init='custom'``) and ``callback``.
+    """
+    fit_args = {key: params.pop(key) for key in ("W", "H", "callback") if key in params}
+    est = NMF(n_components=n_components, **params)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        W = est.fit_transform(X, **fit_args)
+    for w in caught:
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return NMFResult(W, est.components_, est.n_iter_, est.reconstruction_err_, converged,
+                     est.loss_history_)

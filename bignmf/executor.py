@@ -1,0 +1,181 @@
+"""Where and when block kernels run: the only module that makes dask compute.
+
+A pass over V is ``map`` (one kernel call per row block), ``total`` (a fixed-order tree sum
+of the small partial results) and ``run`` (materialize: keep the new W blocks where they
+are, bring the small total back). Two executors share that interface:
+
+* :class:`Eager` — V is a NumPy array or SciPy matrix in this process. Kernels are called
+  directly on the whole matrix (one block, multithreaded BLAS); no dask, no cluster, no
+  start-up cost, so small fits (and scikit-learn's estimator checks) stay fast.
+* :class:`DaskExecutor` — V is a dask array of row blocks (from Zarr, or a user's dask
+  array). Kernels become delayed tasks; ``run`` calls :func:`dask.persist` once per pass on
+  the new W blocks *and* the tree-summed partials together, so every block of V is read
+  exactly once per pass, and W stays on the workers (as futures on a distributed cluster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.graph_manipulation import clone
+
+from bignmf.passes import Sums, tree_sum
+
+
+class Eager:
+    """Run kernels at once on an in-memory matrix (a single row block)."""
+
+    lazy = False
+
+    def __init__(self, V: Any) -> None:
+        self.V = V
+        self.row_bounds: list[tuple[int, int]] = [(0, V.shape[0])]
+
+    def blocks(self) -> list[Any]:
+        return [self.V]
+
+    def map(
+        self, kernel: Callable[..., Any], *per_block: Sequence[Any], nout: int | None = None,
+        **shared: Any,
+    ) -> list:
+        return [kernel(*args, **shared) for args in zip(*per_block, strict=True)]
+
+    @staticmethod
+    def take(items: Sequence[Any], index: int) -> list:
+        return [item[index] for item in items]
+
+    @staticmethod
+    def total(parts: list[Sums]) -> Sums:
+        return tree_sum(parts)
+
+    @staticmethod
+    def run(keep: Sequence[Any], fetch: Any = None) -> tuple[list, Any]:
+        return list(keep), fetch
+
+    @staticmethod
+    def put(arrays: Sequence[np.ndarray]) -> list:
+        return list(arrays)
+
+    def assemble(self, blocks: Sequence[np.ndarray], n_cols: int, dtype: Any) -> np.ndarray:
+        if len(blocks) == 1:
+            return np.ascontiguousarray(blocks[0], dtype=dtype)
+        return np.concatenate(blocks, axis=0).astype(dtype, copy=False)
+
+    def split(self, W: np.ndarray) -> list[np.ndarray]:
+        return [W[a:b] for a, b in self.row_bounds]
+
+
+class DaskExecutor:
+    """Run kernels as dask tasks over the row blocks of a dask array.
+
+    Parameters
+    ----------
+    V : dask.array.Array
+        Chunked in rows only (see :func:`bignmf.io.open_matrix`).
+    client : distributed.Client, optional
+        Made current for every computation (the embedded cluster). ``None`` uses whatever
+        dask would use: an active ``Client``, or ``dask.config``'s ``scheduler``.
+    """
+
+    lazy = True
+
+    def __init__(self, V: da.Array, client: Any = None) -> None:
+        if len(V.chunks[1]) != 1:
+            raise ValueError("V must be chunked in rows only (one chunk across columns)")
+        # Fresh keys: the same V opened by another fit, a transform, or the user's own
+        # graphs may be optimized into different tasks under the same key names, which a
+        # distributed scheduler cannot reconcile (the worker waits on a stale dependency).
+        V = clone(V)
+        self.V = V
+        self.client = client
+        ends = np.cumsum((0, *V.chunks[0]))
+        self.row_bounds = [(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:], strict=True)]
+        self._V_blocks = list(V.to_delayed(optimize_graph=False).ravel())
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Make this executor's client (if any) the one dask computes with."""
+        if self.client is None:
+            yield
+        else:
+            with self.client.as_current():
+                yield
+
+    def blocks(self) -> list[Any]:
+        return self._V_blocks
+
+    def map(
+        self, kernel: Callable[..., Any], *per_block: Sequence[Any], nout: int | None = None,
+        **shared: Any,
+    ) -> list:
+        """One delayed ``kernel(*block_args, **shared)`` per row block (``nout`` outputs)."""
+        # Large shared arrays become one task each, so they travel once per worker.
+        shared = {
+            key: dask.delayed(value) if isinstance(value, np.ndarray) and value.size > 64 else value
+            for key, value in shared.items()
+        }
+        call = dask.delayed(kernel, pure=True, nout=nout)
+        return [call(*args, **shared) for args in zip(*per_block, strict=True)]
+
+    @staticmethod
+    def take(items: Sequence[Any], index: int) -> list:
+        return [item[index] for item in items]
+
+    @staticmethod
+    def total(parts: list[Any]) -> Any:
+        add = dask.delayed(operator.add, pure=True)
+        while len(parts) > 1:
+            parts = [add(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
+                     for i in range(0, len(parts), 2)]
+        return parts[0]
+
+    def run(self, keep: Sequence[Any], fetch: Any = None) -> tuple[list, Any]:
+        """Materialize ``keep`` where it is computed and return the value of ``fetch``.
+
+        Both go into one graph, so each V block that feeds them is read once.
+        """
+        with self.active():
+            if fetch is None:
+                return list(dask.persist(*keep)), None
+            *kept, fetched = dask.persist(*keep, fetch)
+            value = fetched.compute()
+        return kept, value
+
+    def compute(self, *objs: Any) -> tuple:
+        """Compute lazy objects (e.g. a ``to_zarr`` store) with this executor's scheduler."""
+        with self.active():
+            return dask.compute(*objs)
+
+    def put(self, arrays: Sequence[np.ndarray]) -> list:
+        """Send client-side blocks to where the kernels run (scattered on a cluster)."""
+        with self.active():
+            try:
+                from distributed import get_client
+
+                client = get_client() if dask.config.get("scheduler", None) in (
+                    None, "dask.distributed", "distributed") else None
+            except (ImportError, ValueError):
+                client = None
+            if client is None:
+                return [dask.delayed(a) for a in arrays]
+            futures = client.scatter(list(arrays))
+            return [dask.delayed(f) for f in futures]
+
+    def assemble(self, blocks: Sequence[Any], n_cols: int, dtype: Any) -> da.Array:
+        parts = [
+            da.from_delayed(b, shape=(stop - start, n_cols), dtype=dtype)
+            for b, (start, stop) in zip(blocks, self.row_bounds, strict=True)
+        ]
+        return da.concatenate(parts, axis=0)
+
+    def split(self, W: Any) -> list:
+        if isinstance(W, da.Array):
+            W = W.rechunk((self.V.chunks[0], W.shape[1]))
+            return list(W.to_delayed().ravel())
+        return self.put([np.asarray(W[a:b]) for a, b in self.row_bounds])

@@ -1,0 +1,163 @@
+"""The iteration: one pass over V per iteration, small state in NumPy on the client.
+
+Per iteration (Frobenius loss)::
+
+    HHt = H H^T                                   # k x k, here
+    for each row block i, in one task:            # one read of V_i
+        W_i  <- update(W_i; H V_i^T, HHt)         # solver sweeps, O(r k^2) each
+        WtV += W_i^T V_i ;  WtW += W_i^T W_i      # k x n and k x k partial sums
+    H <- update(H; WtV, WtW)                      # here, O(n k^2) per sweep
+    loss = ||V||^2 - 2 <WtV, H> + <WtW, H H^T>    # no extra pass
+
+The executor decides how the per-block tasks run; this module decides *what* runs and when
+to stop: ``tol`` on the relative decrease of the objective between iterations, with
+:class:`~sklearn.exceptions.ConvergenceWarning` raised by the estimator at ``max_iter``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.utils import check_random_state
+
+from bignmf.init import Initial, check_stats
+from bignmf.losses import Penalty, frobenius_sq, objective
+from bignmf.passes import frobenius_step
+from bignmf.solvers import get_solver
+
+logger = logging.getLogger(__name__)
+
+#: Cap on the solver sweeps per pass when ``inner_sweeps='auto'``.
+MAX_AUTO_SWEEPS = 10
+#: Gillis & Glineur's epsilon: stop sweeping once a sweep changes the factor by less
+#: than this fraction of the first sweep's change.
+SWEEP_TOL = 0.1
+
+
+@dataclass(frozen=True)
+class IterationInfo:
+    """What a progress display or a checkpoint callback learns after each iteration."""
+
+    iteration: int
+    max_iter: int
+    objective: float
+    reconstruction_err: float
+    rel_decrease: float
+    seconds: float
+    elapsed: float
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`."""
+
+    W_blocks: list[Any]
+    H: np.ndarray
+    n_iter: int
+    converged: bool
+    reconstruction_err: float
+    loss_history: list[float] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def auto_sweeps(inner_sweeps: int | str, cost_ratio: float) -> int:
+    """Sweeps per pass: ``1 + cost_ratio / 2`` capped (Gillis & Glineur's rule), or as given.
+
+    ``cost_ratio`` is the cost of forming the products over the cost of one sweep —
+    ``n / k`` for W and ``m / k`` for H.
+    """
+    if inner_sweeps != "auto":
+        return int(inner_sweeps)
+    return int(min(MAX_AUTO_SWEEPS, 1 + cost_ratio / 2))
+
+
+def fit(
+    ex: Any,
+    initial: Initial,
+    *,
+    shape: tuple[int, int],
+    dtype: np.dtype,
+    solver: str = "cd",
+    penalty: Penalty = Penalty(),
+    tol: float = 1e-4,
+    max_iter: int = 200,
+    inner_sweeps: int | str = "auto",
+    shuffle: bool = False,
+    random_state: Any = None,
+    callback: Callable[[IterationInfo], None] | None = None,
+    verbose: int = 0,
+) -> FitResult:
+    """Alternate W and H updates until ``tol`` or ``max_iter``; see the module docstring.
+
+    Costs one pass over V per iteration (plus, in the first one, the checks of V when the
+    initialization did not read it).
+    """
+    m, n = shape
+    k = initial.H.shape[0]
+    update = get_solver(solver)
+    # scikit-learn's shuffle=True: a new random order of the components for every update.
+    rng = check_random_state(random_state) if shuffle else None
+    sweeps_W = auto_sweeps(inner_sweeps, n / k)
+    sweeps_H = auto_sweeps(inner_sweeps, m / k)
+    sweep_tol = SWEEP_TOL if inner_sweeps == "auto" else 0.0
+
+    W_blocks, H = initial.W_blocks, initial.H
+    stats = initial.stats
+    history: list[float] = []
+    previous = np.inf
+    converged = False
+    loss_sq = np.nan
+    start = time.perf_counter()
+    it = 0
+    for it in range(1, max_iter + 1):
+        t0 = time.perf_counter()
+        H64 = H.astype(np.float64)
+        HHt = H64 @ H64.T
+        order_W = rng.permutation(k) if rng is not None else None
+        order_H = rng.permutation(k) if rng is not None else None
+        outs = ex.map(
+            frobenius_step, ex.blocks(), W_blocks, nout=2,
+            H=H, HHt=HHt, update=update, l1=penalty.l1_W, l2=penalty.l2_W,
+            max_sweeps=sweeps_W, sweep_tol=sweep_tol, order=order_W,
+            initial_loss=(it == 1), stats=stats is None,
+        )
+        W_blocks, sums = ex.run(ex.take(outs, 0), ex.total(ex.take(outs, 1)))
+        if stats is None:
+            check_stats(sums)
+            stats = sums
+        sq_norm_V = float(stats["sumsq"])
+        if it == 1:
+            loss0 = max(sq_norm_V - 2.0 * sums["cross0"] + float(np.vdot(sums["WtW0"], HHt)), 0.0)
+            history.append(objective(
+                loss0, penalty, float(sums["W_sum0"].sum()), float(np.trace(sums["WtW0"])), H))
+            previous = history[0]
+        H, _ = update(
+            H.copy(), sums["WtV"].astype(H.dtype, copy=False), sums["WtW"],
+            penalty.l1_H, penalty.l2_H, sweeps_H, sweep_tol, order_H,
+        )
+        loss_sq = frobenius_sq(sq_norm_V, sums["WtV"], sums["WtW"], H)
+        obj = objective(loss_sq, penalty, float(sums["W_sum"].sum()), float(np.trace(sums["WtW"])), H)
+        history.append(obj)
+        decrease = (previous - obj) / previous if previous > 0 else 0.0
+        now = time.perf_counter()
+        info = IterationInfo(it, max_iter, obj, float(np.sqrt(loss_sq)), decrease, now - t0,
+                             now - start)
+        logger.log(logging.INFO if verbose else logging.DEBUG,
+                   "iteration %d: objective %.6g, relative decrease %.3g, %.3fs",
+                   it, obj, decrease, info.seconds)
+        if callback is not None:
+            callback(info)
+        if obj <= 0 or (tol > 0 and decrease < tol):
+            converged = True
+            break
+        previous = obj
+    return FitResult(
+        W_blocks=W_blocks, H=H, n_iter=it, converged=converged,
+        reconstruction_err=float(np.sqrt(loss_sq)), loss_history=history,
+        stats=dict(stats or {}),
+    )

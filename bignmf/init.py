@@ -1,0 +1,183 @@
+"""Initial factors: ``random``, the NNDSVD family, or ``custom``.
+
+Passes over V (each block of V read once per pass):
+
+* ``random`` — 1 pass (the mean of V scales the draw, as in scikit-learn; the same pass
+  validates V and gives ``||V||^2``). W and H are drawn from
+  ``check_random_state(random_state)`` in scikit-learn's order (H, then W row by row), so
+  the same seed gives scikit-learn's exact initial factors. W is drawn in this process and
+  sent to the workers block by block: ``m x k`` values, small beside V.
+* ``nndsvd``, ``nndsvda``, ``nndsvdar`` — 2 passes: a randomized SVD (Halko, Martinsson &
+  Tropp 2011) whose first pass forms ``V^T V Omega`` block by block (a range finder with one
+  power iteration folded into the same read), and whose second forms ``C = V Q`` and
+  ``C^T C``; then NNDSVD (Boutsidis & Gallopoulos 2008) as in scikit-learn. W is computed
+  on the workers from ``C``, never gathered.
+* ``custom`` — 0 passes; the first iteration validates V instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.utils import check_random_state
+
+from bignmf.passes import Sums, block_stats, project_block, sketch_block
+
+#: Oversampling of the randomized SVD.
+OVERSAMPLES = 10
+
+
+@dataclass
+class Initial:
+    """Initial factors; ``stats`` is :func:`bignmf.passes.block_stats` of all of V, or
+    ``None`` when initialization did not read V."""
+
+    W_blocks: list[Any]
+    H: np.ndarray
+    stats: Sums | None
+    passes: int
+
+
+def check_stats(stats: Sums, what: str = "NMF (input X)") -> None:
+    """Raise for NaN/inf or negative values found by the first pass."""
+    if stats["nonfinite"]:
+        raise ValueError(
+            f"Input X contains NaN or infinity ({stats['nonfinite']} value(s)); "
+            f"{what} must be finite"
+        )
+    if stats["min"] < 0:
+        raise ValueError(f"Negative values in data passed to {what}: minimum is {stats['min']:g}")
+
+
+def resolve_init(init: str | None, n_components: int, shape: tuple[int, int]) -> str:
+    """scikit-learn's default and checks: ``None`` means ``'nndsvda'`` if
+    ``n_components <= min(shape)``, else ``'random'``."""
+    if init is None:
+        return "nndsvda" if n_components <= min(shape) else "random"
+    if init.startswith("nndsvd") and n_components > min(shape):
+        raise ValueError(
+            f"init = '{init}' can only be used when n_components <= min(n_samples, n_features)"
+            f"; got n_components={n_components} for X of shape {shape}"
+        )
+    return init
+
+
+def initialize(
+    ex: Any, shape: tuple[int, int], dtype: np.dtype, n_components: int, init: str,
+    random_state: Any,
+) -> Initial:
+    """Initial ``W`` (as blocks on the executor) and ``H`` for a resolved ``init``."""
+    if init == "random":
+        return _random(ex, shape, dtype, n_components, random_state)
+    if init in ("nndsvd", "nndsvda", "nndsvdar"):
+        return _nndsvd(ex, shape, dtype, n_components, init, random_state)
+    raise ValueError(f"Invalid init {init!r}")
+
+
+def _random(ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int, random_state: Any) -> Initial:
+    _, stats = ex.run([], ex.total(ex.map(block_stats, ex.blocks())))
+    check_stats(stats)
+    m, n = shape
+    avg = np.sqrt(stats["sum"] / (m * n) / k)
+    rng = check_random_state(random_state)
+    H = np.abs(avg * rng.standard_normal(size=(k, n)).astype(dtype, copy=False))
+    W_parts = [
+        np.abs(avg * rng.standard_normal(size=(stop - start, k)).astype(dtype, copy=False))
+        for start, stop in ex.row_bounds
+    ]
+    return Initial(ex.put(W_parts), H.astype(dtype, copy=False), stats, passes=1)
+
+
+def _nndsvd(
+    ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int, init: str, random_state: Any
+) -> Initial:
+    m, n = shape
+    rng = check_random_state(random_state)
+    width = min(k + OVERSAMPLES, m, n)
+    Omega = rng.standard_normal(size=(n, width))
+
+    # Pass 1: Z = V^T V Omega (and the checks).
+    _, sums = ex.run([], ex.total(ex.map(sketch_block, ex.blocks(), Omega=Omega)))
+    check_stats(sums)
+    stats = Sums({key: v for key, v in sums.items() if key != "Z"})
+    Q, _ = np.linalg.qr(sums["Z"])
+
+    # Pass 2: C = V Q (kept where computed) and C^T C.
+    outs = ex.map(project_block, ex.blocks(), nout=2, Q=Q)
+    C_blocks, total = ex.run(ex.take(outs, 0), ex.total(ex.take(outs, 1)))
+    CtC = total["CtC"]
+
+    # V ~ C Q^T; SVD of C from its Gram matrix: C = U S G^T with G the eigenvectors.
+    evals, G = np.linalg.eigh(CtC)
+    order = np.argsort(evals)[::-1][:k]
+    S = np.sqrt(np.maximum(evals[order], 0.0))
+    G = G[:, order]
+    Vt = (Q @ G).T  # right singular vectors, (k, n)
+    tiny = S > S[0] * 1e-7 if S[0] > 0 else np.zeros(k, dtype=bool)
+    M = np.where(tiny, G / np.where(tiny, S, 1.0), 0.0)  # U = C @ M
+
+    # Column norms of the positive and negative parts of U (a pass over C, not V).
+    _, norms = ex.run([], ex.total(ex.map(_signed_sq_norms, C_blocks, M=M)))
+    coef, sign = np.zeros(k), np.ones(k)
+    H = np.zeros((k, n))
+    coef[0] = np.sqrt(S[0])
+    sign[0] = 0.0  # 0 marks "absolute value" for the leading pair
+    H[0] = np.sqrt(S[0]) * np.abs(Vt[0])
+    for j in range(1, k):
+        y = Vt[j]
+        y_p, y_n = np.maximum(y, 0), np.abs(np.minimum(y, 0))
+        x_p_nrm, x_n_nrm = np.sqrt(norms["pos"][j]), np.sqrt(norms["neg"][j])
+        y_p_nrm, y_n_nrm = np.linalg.norm(y_p), np.linalg.norm(y_n)
+        m_p, m_n = x_p_nrm * y_p_nrm, x_n_nrm * y_n_nrm
+        if m_p > m_n:
+            x_nrm, v, sigma, sign[j] = x_p_nrm, y_p / y_p_nrm, m_p, 1.0
+        elif m_n > 0:
+            x_nrm, v, sigma, sign[j] = x_n_nrm, y_n / y_n_nrm, m_n, -1.0
+        else:
+            continue
+        lbd = np.sqrt(S[j] * sigma)
+        coef[j] = lbd / x_nrm
+        H[j] = lbd * v
+
+    eps = 1e-6
+    H[H < eps] = 0
+    mean = stats["sum"] / (m * n)
+    if init == "nndsvda":
+        H[H == 0] = mean
+    elif init == "nndsvdar":
+        zeros = H == 0
+        H[zeros] = np.abs(mean * rng.standard_normal(size=int(zeros.sum())) / 100)
+    seeds = rng.randint(0, 2**31 - 1, size=len(ex.row_bounds)) if init == "nndsvdar" else \
+        [0] * len(ex.row_bounds)
+    W_blocks = ex.map(
+        _nndsvd_W_block, C_blocks, list(seeds), M=M, coef=coef, sign=sign, eps=eps,
+        fill=init[6:], mean=mean, dtype=dtype,
+    )
+    W_blocks, _ = ex.run(W_blocks)
+    return Initial(W_blocks, H.astype(dtype), stats, passes=2)
+
+
+def _signed_sq_norms(C: np.ndarray, M: np.ndarray) -> Sums:
+    U = C @ M
+    pos = np.maximum(U, 0)
+    neg = np.minimum(U, 0)
+    return Sums(pos=np.einsum("ij,ij->j", pos, pos), neg=np.einsum("ij,ij->j", neg, neg))
+
+
+def _nndsvd_W_block(
+    C: np.ndarray, seed: int, *, M: np.ndarray, coef: np.ndarray, sign: np.ndarray,
+    eps: float, fill: str, mean: float, dtype: Any,
+) -> np.ndarray:
+    """W rows of NNDSVD from ``U_i = C_i M``: scaled positive or negative parts."""
+    U = C @ M
+    W = np.where(sign == 0, np.abs(U), np.maximum(sign * U, 0)) * coef
+    W[W < eps] = 0
+    if fill == "a":
+        W[W == 0] = mean
+    elif fill == "ar":
+        zeros = W == 0
+        rng = np.random.RandomState(seed)
+        W[zeros] = np.abs(mean * rng.standard_normal(size=int(zeros.sum())) / 100)
+    return W.astype(dtype)
