@@ -79,6 +79,7 @@ def embedded_client(n_workers: int | None = None, memory_limit: str | int = "aut
         # The default client from now on: W of an out-of-core fit lives on these workers,
         # and the user's later dask computations (W.compute(), W.to_zarr()) must run there.
         client = Client(cluster, set_as_default=True)
+        client.wait_for_workers(n, timeout=120)
         _embedded.update(client=client, cluster=cluster)
         logger.info(
             "bignmf started a local Dask cluster: %d workers, dashboard at %s",

@@ -13,6 +13,7 @@ input into an executor (:mod:`bignmf.executor`) and dispatches to :mod:`bignmf.i
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import scipy.sparse as sp
+import zarr
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -178,7 +180,8 @@ l1_ratio, verbose, shuffle
             client = None if cluster.uses_explicit_scheduler() else cluster.embedded_client()
             limit = cluster.worker_memory_limit(client or cluster.active_client())
             block_bytes = min(io.DEFAULT_BLOCK_BYTES, limit // 8) if limit else None
-            V = io.open_matrix(X, block_rows=self.block_rows, block_bytes=block_bytes)
+            source = io.open_zarr_array(X) if isinstance(X, (str, os.PathLike)) else X
+            V = io.open_matrix(source, block_rows=self.block_rows, block_bytes=block_bytes)
             if reset:
                 self.n_features_in_ = V.shape[1]
                 if hasattr(self, "feature_names_in_"):
@@ -188,7 +191,8 @@ l1_ratio, verbose, shuffle
                     f"X has {V.shape[1]} features, but {type(self).__name__} is expecting "
                     f"{self.n_features_in_} features as input."
                 )
-            return DaskExecutor(V, client), V.shape, V.dtype
+            zarr_source = source if isinstance(source, zarr.Array) else None
+            return DaskExecutor(V, client, zarr_source), V.shape, V.dtype
         X = validate_data(
             self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32], reset=reset,
         )
@@ -237,6 +241,7 @@ l1_ratio, verbose, shuffle
         self.components_ = H_out
         self.n_iter_ = n_iter
         self.loss_history_ = result.loss_history
+        self._data_sq_norm = float(result.stats["sumsq"])  # ||V||^2, from the first pass
         return W_out
 
     def _fit_transform(

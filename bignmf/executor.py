@@ -25,7 +25,7 @@ import dask.array as da
 import numpy as np
 from dask.graph_manipulation import clone
 
-from bignmf.passes import Sums, tree_sum
+from bignmf.passes import Sums, ZarrBlock, tree_sum
 
 
 class Eager:
@@ -81,11 +81,15 @@ class DaskExecutor:
     client : distributed.Client, optional
         Made current for every computation (the embedded cluster). ``None`` uses whatever
         dask would use: an active ``Client``, or ``dask.config``'s ``scheduler``.
+    source : zarr.Array, optional
+        The Zarr array behind ``V``. Kernels then read their rows themselves
+        (:class:`bignmf.passes.ZarrBlock`): one task per block and pass, no block of V
+        ever held or moved as a task result. Without it, blocks come from ``V``'s graph.
     """
 
     lazy = True
 
-    def __init__(self, V: da.Array, client: Any = None) -> None:
+    def __init__(self, V: da.Array, client: Any = None, source: Any = None) -> None:
         if len(V.chunks[1]) != 1:
             raise ValueError("V must be chunked in rows only (one chunk across columns)")
         # Fresh keys: the same V opened by another fit, a transform, or the user's own
@@ -96,7 +100,10 @@ class DaskExecutor:
         self.client = client
         ends = np.cumsum((0, *V.chunks[0]))
         self.row_bounds = [(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:], strict=True)]
-        self._V_blocks = list(V.to_delayed(optimize_graph=False).ravel())
+        if source is not None:
+            self._V_blocks: list[Any] = [ZarrBlock(source, a, b) for a, b in self.row_bounds]
+        else:
+            self._V_blocks = list(V.to_delayed(optimize_graph=True).ravel())
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -179,3 +186,11 @@ class DaskExecutor:
             W = W.rechunk((self.V.chunks[0], W.shape[1]))
             return list(W.to_delayed().ravel())
         return self.put([np.asarray(W[a:b]) for a, b in self.row_bounds])
+
+
+def store(array: Any, target: Any) -> None:
+    """Write a dask or NumPy array into a ``zarr.Array`` (block by block for dask)."""
+    if isinstance(array, da.Array):
+        da.store(array, target, lock=False)
+    else:
+        target[...] = array

@@ -16,6 +16,7 @@ row blocks first (``bignmf convert`` — or ``dask.array.rechunk`` then ``to_zar
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import dask.array as da
@@ -147,3 +148,45 @@ def open_matrix(
 def is_out_of_core(X: Any) -> bool:
     """True for inputs bignmf processes block by block with dask (paths, Zarr, dask)."""
     return isinstance(X, (str, os.PathLike, zarr.Array, da.Array))
+
+
+def write_result(
+    path: str | os.PathLike[str],
+    W: Any,
+    H: np.ndarray,
+    *,
+    attrs: dict[str, Any],
+    loss_history: list[float],
+    overwrite: bool = False,
+) -> str:
+    """Write a fit to a Zarr group at ``path``: arrays ``W`` (chunked like V's row blocks),
+    ``H`` and ``loss_history``, parameters and summary in the group's attributes.
+
+    The group is written beside ``path`` under a temporary name and renamed into place
+    when complete, so ``path`` is never left half-written.
+    """
+    from bignmf.executor import store
+
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path!r} exists; choose another output or pass overwrite=True")
+    tmp = f"{path}.partial-{os.getpid()}"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    root = zarr.open_group(tmp, mode="w")
+    if isinstance(W, da.Array):
+        row_chunk = W.chunks[0][0]
+        W = W.rechunk((row_chunk, W.shape[1]))  # one dask block per Zarr chunk: no shared writes
+    else:
+        row_chunk = min(W.shape[0], 65536)
+    W_out = root.create_array("W", shape=W.shape, dtype=W.dtype, chunks=(row_chunk, W.shape[1]))
+    store(W, W_out)
+    root.create_array("H", shape=H.shape, dtype=H.dtype, chunks=H.shape)[...] = H
+    history = np.asarray(loss_history, dtype=np.float64)
+    root.create_array("loss_history", shape=history.shape, dtype=history.dtype,
+                      chunks=(max(1, history.size),))[...] = history
+    root.attrs.update(attrs)
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path

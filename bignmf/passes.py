@@ -14,6 +14,7 @@ the solver sweeps are ``O(r k^2)``; memory beyond the block is ``O((r + n) k)``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,8 +49,31 @@ def tree_sum(parts: list[Sums]) -> Sums:
     return parts[0]
 
 
+@dataclass(frozen=True)
+class ZarrBlock:
+    """Rows ``start:stop`` of a Zarr array, read by the kernel that uses them.
+
+    Passing this small descriptor instead of a dask task that loads the block keeps the
+    read inside the kernel's task: the block is never a task result that a worker holds
+    or sends to another worker, and each pass reads each stored chunk exactly once.
+    """
+
+    array: Any
+    start: int
+    stop: int
+
+    def read(self) -> np.ndarray:
+        return np.asarray(self.array[self.start : self.stop])
+
+    def __dask_tokenize__(self) -> tuple[str, str, int, int]:
+        return ("bignmf.ZarrBlock", str(self.array.store_path), self.start, self.stop)
+
+
 def _as_compute_block(V: Any) -> Any:
-    """Integer and boolean blocks are computed in float64, as scikit-learn does."""
+    """Load a block if needed; integer and boolean blocks are computed in float64, as
+    scikit-learn does."""
+    if isinstance(V, ZarrBlock):
+        V = V.read()
     if sp.issparse(V):
         V = sp.csr_matrix(V)
         if V.dtype not in (np.float32, np.float64):
@@ -139,6 +163,11 @@ def frobenius_step(
     W : ndarray of shape (r, k)
     H : ndarray of shape (k, n), in V's dtype
     HHt : ndarray of shape (k, k)
+    max_sweeps, sweep_tol : int, float
+        Solver sweeps on ``W_i``; with ``sweep_tol > 0`` each row of ``W_i`` stops on its
+        own once a sweep changes it by at most ``sweep_tol`` times its first change (rows
+        are independent problems given H, so the result does not depend on how V is split
+        into blocks, see :func:`_sweep_rows`).
     order : ndarray of int, optional
         Order of the components in a sweep (``shuffle=True``); default ``0..k-1``.
     update_W : bool
@@ -164,12 +193,48 @@ def frobenius_step(
         out["WtW0"] = F.astype(np.float64) @ F.T.astype(np.float64)
         out["W_sum0"] = F.sum(axis=1, dtype=np.float64)
     if update_W:
-        F, sweeps = update(F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
+        if sweep_tol > 0 and max_sweeps > 1:
+            F, sweeps = _sweep_rows(update, F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
+        else:
+            F, sweeps = update(F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
         out["sweeps"] = sweeps
     out["WtV"] = _left(F, V).astype(np.float64, copy=False)
     out["WtW"] = F.astype(np.float64) @ F.T.astype(np.float64)
     out["W_sum"] = F.sum(axis=1, dtype=np.float64)
     return F.T, out
+
+
+def _sweep_rows(
+    update: Callable[..., tuple[np.ndarray, int]], F: np.ndarray, P: np.ndarray,
+    G: np.ndarray, l1: float, l2: float, max_sweeps: int, sweep_tol: float,
+    order: np.ndarray | None,
+) -> tuple[np.ndarray, int]:
+    """Up to ``max_sweeps`` sweeps on ``F`` (``k x r``), each column (row of W) stopping on
+    its own once a sweep changes it by at most ``sweep_tol`` times its first change.
+
+    A stopping rule on the change of the whole block would make each row's update depend
+    on which other rows share its block, i.e. on ``block_rows`` (and so on the workers'
+    memory limit): the same ``random_state`` would give different factors on different
+    clusters, and from the in-memory fit. Per row, the answer is the same however V is
+    split. Sweeps on a column are those of ``update`` itself (one sweep per call).
+    """
+    active = np.arange(F.shape[1])
+    first: np.ndarray | None = None
+    done = 0
+    for done in range(1, max_sweeps + 1):  # noqa: B007 - the count is returned
+        before = F[:, active]
+        new, _ = update(before.copy(), P[:, active], G, l1, l2, 1, 0.0, order)
+        F[:, active] = new
+        d = new - before
+        change = np.einsum("ij,ij->j", d, d)
+        if first is None:
+            first = change
+            continue
+        going = change > (sweep_tol * sweep_tol) * first
+        active, first = active[going], first[going]
+        if not active.size:
+            break
+    return F, done
 
 
 def transform_block(
