@@ -31,7 +31,8 @@ logger = logging.getLogger("bignmf.cli")
 
 
 def _add_fit_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-components", "-k", type=int, required=True, help="rank k of the factorization")
+    p.add_argument("--n-components", "-k", type=int, required=True,
+                   help="rank k of the factorization")
     p.add_argument("--init", default=None,
                    choices=["random", "nndsvd", "nndsvda", "nndsvdar"],
                    help="initialization (default: nndsvda, as scikit-learn)")
@@ -171,7 +172,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"relative error ||V - WH|| / ||V|| = {rel:.4f}")
     if peaks:
         print("worker peak memory (VmHWM): " + ", ".join(
-            f"{p / 2**20:.0f} MiB" for p in peaks.values()) + f" (limit {args.worker_memory_mb} MiB)")
+            f"{p / 2**20:.0f} MiB" for p in peaks.values())
+            + f" (limit {args.worker_memory_mb} MiB)")
     print(f"result: {out} (W, H, loss_history); remove {workdir} when done")
     return 0
 

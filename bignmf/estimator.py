@@ -79,8 +79,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     Minimizes scikit-learn's objective::
 
         0.5 ||V - W H||_F^2
-        + alpha_W * l1_ratio * n_features * ||W||_1 + 0.5 * alpha_W * (1 - l1_ratio) * n_features * ||W||_F^2
-        + alpha_H * l1_ratio * n_samples * ||H||_1 + 0.5 * alpha_H * (1 - l1_ratio) * n_samples * ||H||_F^2
+        + alpha_W * l1_ratio * n_features * ||W||_1
+        + 0.5 * alpha_W * (1 - l1_ratio) * n_features * ||W||_F^2
+        + alpha_H * l1_ratio * n_samples * ||H||_1
+        + 0.5 * alpha_H * (1 - l1_ratio) * n_samples * ||H||_F^2
 
     Each iteration reads V once (see :mod:`bignmf.fit`); initialization reads it once
     (``random``) or twice (NNDSVD family), see :mod:`bignmf.init`.

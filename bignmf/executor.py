@@ -16,6 +16,7 @@ are, bring the small total back). Two executors share that interface:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -99,7 +100,7 @@ class DaskExecutor:
         self.V = V
         self.client = client
         ends = np.cumsum((0, *V.chunks[0]))
-        self.row_bounds = [(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:], strict=True)]
+        self.row_bounds = [(int(a), int(b)) for a, b in itertools.pairwise(ends)]
         if source is not None:
             self._V_blocks: list[Any] = [ZarrBlock(source, a, b) for a, b in self.row_bounds]
         else:

@@ -83,7 +83,7 @@ def fit(
     shape: tuple[int, int],
     dtype: np.dtype,
     solver: str = "cd",
-    penalty: Penalty = Penalty(),
+    penalty: Penalty | None = None,
     tol: float = 1e-4,
     max_iter: int = 200,
     inner_sweeps: int | str = "auto",
@@ -99,6 +99,7 @@ def fit(
     """
     m, n = shape
     k = initial.H.shape[0]
+    penalty = penalty or Penalty()
     update = get_solver(solver)
     # scikit-learn's shuffle=True: a new random order of the components for every update.
     rng = check_random_state(random_state) if shuffle else None
@@ -141,7 +142,8 @@ def fit(
             penalty.l1_H, penalty.l2_H, sweeps_H, sweep_tol, order_H,
         )
         loss_sq = frobenius_sq(sq_norm_V, sums["WtV"], sums["WtW"], H)
-        obj = objective(loss_sq, penalty, float(sums["W_sum"].sum()), float(np.trace(sums["WtW"])), H)
+        W_sum, W_sq = float(sums["W_sum"].sum()), float(np.trace(sums["WtW"]))
+        obj = objective(loss_sq, penalty, W_sum, W_sq, H)
         history.append(obj)
         decrease = (previous - obj) / previous if previous > 0 else 0.0
         now = time.perf_counter()

@@ -115,7 +115,7 @@ def _nndsvd(
     S = np.sqrt(np.maximum(evals[order], 0.0))
     G = G[:, order]
     Vt = (Q @ G).T  # right singular vectors, (k, n)
-    tiny = S > S[0] * 1e-7 if S[0] > 0 else np.zeros(k, dtype=bool)
+    tiny = S[0] * 1e-7 < S if S[0] > 0 else np.zeros(k, dtype=bool)
     M = np.where(tiny, G / np.where(tiny, S, 1.0), 0.0)  # U = C @ M
 
     # Column norms of the positive and negative parts of U (a pass over C, not V).
@@ -142,7 +142,7 @@ def _nndsvd(
         H[j] = lbd * v
 
     eps = 1e-6
-    H[H < eps] = 0
+    H[eps > H] = 0
     mean = stats["sum"] / (m * n)
     if init == "nndsvda":
         H[H == 0] = mean
@@ -173,7 +173,7 @@ def _nndsvd_W_block(
     """W rows of NNDSVD from ``U_i = C_i M``: scaled positive or negative parts."""
     U = C @ M
     W = np.where(sign == 0, np.abs(U), np.maximum(sign * U, 0)) * coef
-    W[W < eps] = 0
+    W[eps > W] = 0
     if fill == "a":
         W[W == 0] = mean
     elif fill == "ar":

@@ -32,7 +32,8 @@ MatrixLike = Any  # str | os.PathLike | zarr.Array | da.Array | np.ndarray
 def check_shape_dtype(shape: tuple[int, ...], dtype: Any, what: str = "X") -> None:
     """Raise a clear error for inputs NMF cannot factorize (from metadata only)."""
     if len(shape) != 2:
-        raise ValueError(f"{what} must be a 2-D matrix; got {len(shape)} dimension(s), shape {shape}")
+        raise ValueError(
+            f"{what} must be a 2-D matrix; got {len(shape)} dimension(s), shape {shape}")
     if shape[0] < 1 or shape[1] < 1:
         raise ValueError(
             f"{what} is empty: shape {shape}; NMF needs at least 1 row and 1 column"
@@ -119,7 +120,8 @@ def open_matrix(
         X = open_zarr_array(X, array)
     if isinstance(X, zarr.Array):
         check_shape_dtype(X.shape, X.dtype)
-        rows = block_rows or choose_block_rows(X.shape, X.dtype, X.chunks[0], block_bytes)
+        shape = (int(X.shape[0]), int(X.shape[1]))
+        rows = block_rows or choose_block_rows(shape, X.dtype, X.chunks[0], block_bytes)
         V = da.from_zarr(X, chunks=(rows, X.shape[1]))
     elif isinstance(X, da.Array):
         check_shape_dtype(X.shape, X.dtype)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+
 def _combine(key: str) -> Callable[[Any, Any], Any]:
     if key.startswith("min"):
         return np.minimum
@@ -34,7 +35,7 @@ class Sums(dict[str, Any]):
     Keys are added, except those named ``min*``/``max*`` (combined by minimum/maximum).
     """
 
-    def __add__(self, other: Sums) -> Sums:  # type: ignore[override]
+    def __add__(self, other: Sums) -> Sums:
         out = Sums(self)
         for key, value in other.items():
             out[key] = _combine(key)(out[key], value) if key in out else value
@@ -186,6 +187,8 @@ def frobenius_step(
     """
     V = _as_compute_block(V)
     out = block_stats(V) if stats else Sums()
+    if out.get("nonfinite"):  # the caller raises from the stats; NaN/inf products only warn
+        return W, out
     F = np.array(W.T, dtype=V.dtype, order="C")
     P = _right(V, H)
     if initial_loss:
@@ -309,6 +312,8 @@ def sketch_block(V: Any, Omega: np.ndarray, *, stats: bool = True) -> Sums:
     """
     V = _as_compute_block(V)
     out = block_stats(V) if stats else Sums()
+    if out.get("nonfinite"):  # the caller raises from the stats; NaN/inf products only warn
+        return out
     Y = (V @ Omega.astype(V.dtype, copy=False))
     out["Z"] = _left(np.ascontiguousarray(Y.T), V).T.astype(np.float64, copy=False)
     return out

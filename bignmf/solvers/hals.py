@@ -63,7 +63,7 @@ def update(
     first = 0.0
     tol_sq = sweep_tol * sweep_tol
     sweeps = 0
-    for sweeps in range(1, max_sweeps + 1):  # noqa: B007 - the count is returned
+    for sweeps in range(1, max_sweeps + 1):
         change = 0.0
         for j in range(k) if order is None else order:
             if diag[j] == 0:

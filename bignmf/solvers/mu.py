@@ -28,7 +28,7 @@ def update(
     G = np.asarray(G, dtype=F.dtype)
     first = 0.0
     sweeps = 0
-    for sweeps in range(1, max_sweeps + 1):  # noqa: B007 - the count is returned
+    for sweeps in range(1, max_sweeps + 1):
         denominator = G @ F
         if l1:
             denominator += l1
