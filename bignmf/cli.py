@@ -5,6 +5,8 @@ Commands:
 * ``bignmf fit INPUT --n-components K --output OUT.zarr`` — factorize a Zarr array (path,
   or ``store.zarr/array``) on the embedded local cluster, or on ``--scheduler ADDRESS``;
   W, H, the loss history and the parameters are written to ``OUT.zarr``.
+* ``bignmf resume OUT.zarr`` — continue a ``fit --checkpoint-every N`` that was killed,
+  from its newest checkpoint, with the same input and options.
 * ``bignmf demo`` — write a matrix larger than the workers' memory to a temporary Zarr store
   and factorize it with progress shown.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -22,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import zarr
 
 from bignmf import __version__, cluster, io
 from bignmf.estimator import NMF
@@ -45,18 +49,26 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--l1-ratio", type=float, default=0.0)
     p.add_argument("--random-state", type=int, default=None)
     p.add_argument("--block-rows", type=int, default=None, help="rows per block of V")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="checkpoint into the output store every N iterations")
+    p.add_argument("--checkpoint-seconds", type=float, default=None,
+                   help="checkpoint into the output store every T seconds")
     p.add_argument("--scheduler", default=None,
                    help="address of a running Dask scheduler (tcp://host:port); "
                         "default: an embedded local cluster")
 
 
-def _estimator(args: argparse.Namespace) -> NMF:
-    alpha_H: Any = args.alpha_H if args.alpha_H == "same" else float(args.alpha_H)
-    return NMF(
-        n_components=args.n_components, init=args.init, solver=args.solver,
-        max_iter=args.max_iter, tol=args.tol, alpha_W=args.alpha_W, alpha_H=alpha_H,
-        l1_ratio=args.l1_ratio, random_state=args.random_state, block_rows=args.block_rows,
-    )
+_FIT_OPTIONS = ("n_components", "init", "solver", "max_iter", "tol", "alpha_W", "alpha_H",
+                "l1_ratio", "random_state", "block_rows", "checkpoint_every",
+                "checkpoint_seconds")
+
+
+def _estimator(options: dict[str, Any], output: str | None) -> NMF:
+    kw = {key: options[key] for key in _FIT_OPTIONS}
+    if kw["alpha_H"] != "same":
+        kw["alpha_H"] = float(kw["alpha_H"])
+    checkpointing = kw["checkpoint_every"] is not None or kw["checkpoint_seconds"] is not None
+    return NMF(**kw, checkpoint=output if checkpointing else None)
 
 
 def _connect(address: str | None) -> Any:
@@ -70,14 +82,18 @@ def _connect(address: str | None) -> Any:
 
 
 def run_fit(model: NMF, source: Any, output: str | None, overwrite: bool = False,
-            extra_attrs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fit ``model`` on ``source`` with a progress display; write ``output`` if given."""
+            extra_attrs: dict[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
+    """Fit ``model`` on ``source`` with a progress display; write ``output`` if given.
+
+    When the model checkpoints, it does so into ``output``, and the result is written
+    into that same group at the end.
+    """
     progress = Progress()
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            W = model.fit_transform(source, callback=progress)
+            W = model.fit_transform(source, callback=progress, resume=resume)
         finally:
             progress.close()
     for w in caught:
@@ -96,23 +112,62 @@ def run_fit(model: NMF, source: Any, output: str | None, overwrite: bool = False
     }
     if output:
         io.write_result(output, W, model.components_, attrs=summary,
-                        loss_history=model.loss_history_, overwrite=overwrite)
+                        loss_history=model.loss_history_, overwrite=overwrite,
+                        in_place=model.checkpoint is not None)
         logger.info("wrote W %s, H %s and the loss history to %s",
                     tuple(W.shape), model.components_.shape, output)
     return summary
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    client = _connect(args.scheduler)
+    options = {key: getattr(args, key) for key in _FIT_OPTIONS}
+    source = io.open_zarr_array(args.input)  # fail on a bad path before creating anything
+    model = _estimator(options, args.output)
+    if model.checkpoint is not None:
+        if os.path.exists(args.output):
+            if not args.overwrite:
+                raise FileExistsError(
+                    f"{args.output!r} exists; continue an interrupted run with "
+                    f"`bignmf resume {args.output}`, or pass --overwrite")
+            shutil.rmtree(args.output)
+        zarr.open_group(args.output, mode="w").attrs.update({
+            "status": "running", "bignmf_version": __version__,
+            "input": os.path.abspath(args.input), "cli_options": options,
+        })
+    return _fit_and_report(model, source, args.output, args.scheduler, args.overwrite,
+                           {"input": os.path.abspath(args.input)}, resume=False)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
     try:
-        source = io.open_zarr_array(args.input)
-        summary = run_fit(_estimator(args), source, args.output, args.overwrite,
-                          {"input": os.path.abspath(args.input)})
+        attrs: dict[str, Any] = dict(zarr.open_group(args.output, mode="r").attrs.asdict())
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"No bignmf output store at {args.output!r}") from err
+    if "cli_options" not in attrs:
+        raise ValueError(f"{args.output!r} was not written by `bignmf fit --checkpoint-...`; "
+                         "there is nothing to resume")
+    if attrs.get("status") == "complete":
+        print(f"{args.output} is already complete ({attrs.get('n_iter')} iterations)")
+        return 0
+    options = dict(attrs["cli_options"])
+    if args.max_iter is not None:
+        options["max_iter"] = args.max_iter
+    model = _estimator(options, args.output)
+    source = io.open_zarr_array(attrs["input"])
+    return _fit_and_report(model, source, args.output, args.scheduler, False,
+                           {"input": attrs["input"]}, resume=True)
+
+
+def _fit_and_report(model: NMF, source: Any, output: str, scheduler: str | None,
+                    overwrite: bool, extra: dict[str, Any], resume: bool) -> int:
+    client = _connect(scheduler)
+    try:
+        summary = run_fit(model, source, output, overwrite, extra, resume=resume)
     finally:
         if client is not None:
             client.close()
     print(f"done: {summary['n_iter']} iterations in {summary['seconds']:.1f} s, "
-          f"||V - WH|| = {summary['reconstruction_err']:.6g}; output {args.output}")
+          f"||V - WH|| = {summary['reconstruction_err']:.6g}; output {output}")
     return 0
 
 
@@ -190,6 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_fit.add_argument("--overwrite", action="store_true")
     _add_fit_options(p_fit)
     p_fit.set_defaults(func=cmd_fit)
+
+    p_resume = sub.add_parser("resume", help="continue an interrupted `bignmf fit` from its "
+                                             "newest checkpoint")
+    p_resume.add_argument("output", help="the output store of the interrupted fit")
+    p_resume.add_argument("--max-iter", type=int, default=None, help="raise the iteration cap")
+    p_resume.add_argument("--scheduler", default=None)
+    p_resume.set_defaults(func=cmd_resume)
 
     p_demo = sub.add_parser("demo", help="factorize a generated matrix larger than the "
                                          "workers' memory")

@@ -27,6 +27,8 @@ from typing import Any
 
 import dask
 
+from bignmf import _watchdog
+
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
@@ -70,10 +72,13 @@ def embedded_client(n_workers: int | None = None, memory_limit: str | int = "aut
         if client is not None and client.status == "running":
             return client
         n = n_workers or os.cpu_count() or 1
+        os.environ[_watchdog.ENV] = str(os.getpid())  # inherited by the scheduler process
         cluster = SubprocessCluster(
             n_workers=n,
             threads_per_worker=1,
-            worker_kwargs={"memory_limit": memory_limit},
+            worker_kwargs={"memory_limit": memory_limit,
+                           "preload_nanny": ["bignmf._watchdog"]},
+            scheduler_kwargs={"preload": ["bignmf._watchdog"]},
             dashboard_address=":0",
         )
         # The default client from now on: W of an out-of-core fit lives on these workers,

@@ -28,7 +28,8 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from bignmf import cluster, io
+from bignmf import checkpoint, cluster, io
+from bignmf.checkpoint import Checkpointer, FitState
 from bignmf.executor import DaskExecutor, Eager
 from bignmf.fit import FitResult, IterationInfo, fit
 from bignmf.init import Initial, initialize, resolve_init
@@ -65,7 +66,15 @@ _CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "shuffle": (lambda v: isinstance(v, bool | np.bool_), "a bool"),
     "inner_sweeps": (lambda v: v == "auto" or (_is_int(v) and v >= 1), "an int >= 1 or 'auto'"),
     "block_rows": (lambda v: v is None or (_is_int(v) and v >= 1), "an int >= 1 or None"),
+    "checkpoint": (lambda v: v is None or isinstance(v, (str, os.PathLike)),
+                   "None or a path to a Zarr group"),
+    "checkpoint_every": (lambda v: v is None or (_is_int(v) and v >= 1), "an int >= 1 or None"),
+    "checkpoint_seconds": (lambda v: v is None or (_is_real(v) and v > 0), "a float > 0 or None"),
 }
+
+# Parameters that define the problem: a checkpoint resumes only a fit with the same ones.
+_PROBLEM_PARAMS = ("init", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio", "shuffle",
+                   "inner_sweeps", "random_state")
 
 
 class InvalidParameterError(ValueError, TypeError):
@@ -102,6 +111,15 @@ l1_ratio, verbose, shuffle
     block_rows : int, optional
         Rows per block of V for out-of-core inputs (default: ~128 MiB blocks, fewer when the
         workers' memory limit is small).
+    checkpoint : str or path, optional
+        A Zarr group (created if needed) where the fit keeps its newest checkpoint — W, H,
+        the iteration, the loss history, ``||V||^2`` and the RNG state — written atomically
+        (:mod:`bignmf.checkpoint`). ``fit(X, resume=True)`` continues from it.
+    checkpoint_every : int, optional
+        Checkpoint every this many iterations (default 10 when ``checkpoint`` is set and
+        ``checkpoint_seconds`` is not).
+    checkpoint_seconds : float, optional
+        Checkpoint when this many seconds have passed since the last one.
 
     Attributes
     ----------
@@ -133,6 +151,9 @@ l1_ratio, verbose, shuffle
         shuffle: bool = False,
         inner_sweeps: int | str = "auto",
         block_rows: int | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_seconds: float | None = None,
     ) -> None:
         self.n_components = n_components
         self.init = init
@@ -148,6 +169,9 @@ l1_ratio, verbose, shuffle
         self.shuffle = shuffle
         self.inner_sweeps = inner_sweeps
         self.block_rows = block_rows
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
 
     # ------------------------------------------------------------------ validation
     def _validate_params(self) -> None:
@@ -179,10 +203,13 @@ l1_ratio, verbose, shuffle
     def _prepare(self, X: Any, *, reset: bool) -> tuple[Any, tuple[int, int], np.dtype]:
         """Validate X's metadata and wrap it in an executor (reads no data of V)."""
         if io.is_out_of_core(X):
+            # Metadata errors (missing store, a group, bad shape or dtype) before any
+            # cluster is started.
+            source = io.open_zarr_array(X) if isinstance(X, (str, os.PathLike)) else X
+            io.check_shape_dtype(source.shape, source.dtype)
             client = None if cluster.uses_explicit_scheduler() else cluster.embedded_client()
             limit = cluster.worker_memory_limit(client or cluster.active_client())
             block_bytes = min(io.DEFAULT_BLOCK_BYTES, limit // 8) if limit else None
-            source = io.open_zarr_array(X) if isinstance(X, (str, os.PathLike)) else X
             V = io.open_matrix(source, block_rows=self.block_rows, block_bytes=block_bytes)
             if reset:
                 self.n_features_in_ = V.shape[1]
@@ -218,7 +245,7 @@ l1_ratio, verbose, shuffle
 
     def fit_transform(
         self, X: Any, y: Any = None, W: Any = None, H: Any = None,
-        callback: Callable[[IterationInfo], None] | None = None,
+        callback: Callable[[IterationInfo], None] | None = None, resume: bool = False,
     ) -> Any:
         """Learn the factorization of X and return W.
 
@@ -230,13 +257,18 @@ l1_ratio, verbose, shuffle
             Initial factors when ``init='custom'``.
         callback : callable, optional
             Called with an :class:`bignmf.fit.IterationInfo` after every iteration.
+        resume : bool, default=False
+            Continue from the newest checkpoint in ``checkpoint`` if there is one (else start
+            afresh, so a batch job can always pass ``resume=True``). The checkpoint must
+            come from the same problem: same data shape and problem parameters.
 
         Returns
         -------
         W : ndarray (in-memory X) or dask array (out-of-core X) of shape (n_samples, k)
         """
         self._validate_params()
-        W_out, H_out, n_iter, result = self._fit_transform(X, W=W, H=H, callback=callback)
+        W_out, H_out, n_iter, result = self._fit_transform(X, W=W, H=H, callback=callback,
+                                                           resume=resume)
         assert result is not None
         self.reconstruction_err_ = result.reconstruction_err
         self.n_components_ = H_out.shape[0]
@@ -248,7 +280,7 @@ l1_ratio, verbose, shuffle
 
     def _fit_transform(
         self, X: Any, W: Any = None, H: Any = None, update_H: bool = True,
-        callback: Callable[[IterationInfo], None] | None = None,
+        callback: Callable[[IterationInfo], None] | None = None, resume: bool = False,
     ) -> tuple[Any, np.ndarray, int, FitResult | None]:
         ex, shape, dtype = self._prepare(X, reset=update_H)
         k = self._resolve_n_components(shape[1], H if (self.init == "custom" or not update_H)
@@ -261,7 +293,10 @@ l1_ratio, verbose, shuffle
             W_out, n_iter = self._solve_W(ex, H, shape, dtype, compute=True)
             return W_out, H, n_iter, None
         init = resolve_init(self.init, k, shape)
-        if init == "custom":
+        checkpointer, state = self._checkpointing(shape, dtype, k, resume)
+        if state is not None:
+            initial = Initial([], state.H, None, passes=0)
+        elif init == "custom":
             H = _check_factor(H, (k, shape[1]), dtype, "NMF (input H)")
             W = _check_factor(W, (shape[0], k), dtype, "NMF (input W)")
             initial = Initial(ex.split(W), H.copy(), None, passes=0)
@@ -278,7 +313,7 @@ l1_ratio, verbose, shuffle
             penalty=Penalty.from_alphas(shape, self.alpha_W, self.alpha_H, self.l1_ratio),
             tol=self.tol, max_iter=self.max_iter, inner_sweeps=self.inner_sweeps,
             shuffle=self.shuffle, random_state=self.random_state, callback=callback,
-            verbose=self.verbose,
+            verbose=self.verbose, resume=state, checkpointer=checkpointer,
         )
         if not result.converged and self.tol > 0:
             warnings.warn(
@@ -286,6 +321,33 @@ l1_ratio, verbose, shuffle
                 "improve convergence.", ConvergenceWarning, stacklevel=3,
             )
         return ex.assemble(result.W_blocks, k, dtype), result.H, result.n_iter, result
+
+    def _checkpointing(
+        self, shape: tuple[int, int], dtype: np.dtype, k: int, resume: bool
+    ) -> tuple[Checkpointer | None, FitState | None]:
+        if self.checkpoint is None:
+            if resume:
+                raise ValueError("resume=True needs checkpoint=PATH, the Zarr group to resume from")
+            return None, None
+        params = {name: getattr(self, name) for name in _PROBLEM_PARAMS}
+        params = {key: v if v is None or isinstance(v, (str, int, float, bool)) else repr(v)
+                  for key, v in params.items()}
+        params.update(n_components=k, shape=list(shape), dtype=str(dtype))
+        state = None
+        if resume:
+            loaded = checkpoint.load(self.checkpoint)
+            if loaded is not None:
+                state, saved = loaded
+                differ = sorted(key for key in params if saved.get(key) != params[key])
+                if differ:
+                    raise ValueError(
+                        f"The checkpoint in {os.fspath(self.checkpoint)!r} is for another "
+                        "problem; these differ: " + ", ".join(
+                            f"{key}={saved.get(key)!r} (now {params[key]!r})" for key in differ))
+        every = self.checkpoint_every
+        if every is None and self.checkpoint_seconds is None:
+            every = 10
+        return Checkpointer(self.checkpoint, params, every, self.checkpoint_seconds), state
 
     def _solve_W(
         self, ex: Any, H: np.ndarray, shape: tuple[int, int], dtype: np.dtype, compute: bool

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 from sklearn.utils import check_random_state
 
+from bignmf.checkpoint import Checkpointer, FitState
 from bignmf.init import Initial, check_stats
 from bignmf.losses import Penalty, frobenius_sq, objective
-from bignmf.passes import frobenius_step
+from bignmf.passes import Sums, frobenius_step
 from bignmf.solvers import get_solver
 
 logger = logging.getLogger(__name__)
@@ -91,11 +92,17 @@ def fit(
     random_state: Any = None,
     callback: Callable[[IterationInfo], None] | None = None,
     verbose: int = 0,
+    resume: FitState | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> FitResult:
     """Alternate W and H updates until ``tol`` or ``max_iter``; see the module docstring.
 
     Costs one pass over V per iteration (plus, in the first one, the checks of V when the
     initialization did not read it).
+
+    ``resume`` continues from a checkpointed state (``initial`` is then unused): the
+    iterates are those of an uninterrupted fit. ``checkpointer`` is called after the
+    iterations it says are due, and after the last one.
     """
     m, n = shape
     k = initial.H.shape[0]
@@ -103,19 +110,27 @@ def fit(
     update = get_solver(solver)
     # scikit-learn's shuffle=True: a new random order of the components for every update.
     rng = check_random_state(random_state) if shuffle else None
+    if resume is not None and rng is not None and resume.rng_state is not None:
+        rng.set_state(resume.rng_state)
     sweeps_W = auto_sweeps(inner_sweeps, n / k)
     sweeps_H = auto_sweeps(inner_sweeps, m / k)
     sweep_tol = SWEEP_TOL if inner_sweeps == "auto" else 0.0
 
-    W_blocks, H = initial.W_blocks, initial.H
-    stats = initial.stats
-    history: list[float] = []
-    previous = np.inf
-    converged = False
-    loss_sq = np.nan
+    if resume is None:
+        W_blocks, H, stats = initial.W_blocks, initial.H, initial.stats
+        history: list[float] = []
+        first, previous, loss_sq, converged = 1, np.inf, np.nan, False
+    else:
+        W_blocks = ex.split(resume.W)
+        H = np.asarray(resume.H, dtype=dtype)
+        stats = Sums(resume.stats)
+        history = list(resume.history)
+        first, previous = resume.iteration + 1, history[-1]
+        loss_sq = float(resume.extra.get("loss_sq", np.nan))
+        converged = bool(resume.extra.get("converged", False))
     start = time.perf_counter()
-    it = 0
-    for it in range(1, max_iter + 1):
+    it = first - 1
+    for it in range(first, max_iter + 1 if not converged else first):
         t0 = time.perf_counter()
         H64 = H.astype(np.float64)
         HHt = H64 @ H64.T
@@ -125,7 +140,7 @@ def fit(
             frobenius_step, ex.blocks(), W_blocks, nout=2,
             H=H, HHt=HHt, update=update, l1=penalty.l1_W, l2=penalty.l2_W,
             max_sweeps=sweeps_W, sweep_tol=sweep_tol, order=order_W,
-            initial_loss=(it == 1), stats=stats is None,
+            initial_loss=(it == 1 and resume is None), stats=stats is None,
         )
         W_blocks, sums = ex.run(ex.take(outs, 0), ex.total(ex.take(outs, 1)))
         if stats is None:
@@ -154,8 +169,14 @@ def fit(
                    it, obj, decrease, info.seconds)
         if callback is not None:
             callback(info)
-        if obj <= 0 or (tol > 0 and decrease < tol):
-            converged = True
+        converged = obj <= 0 or (tol > 0 and decrease < tol)
+        if checkpointer is not None and (converged or it == max_iter or checkpointer.due(it)):
+            checkpointer.save(
+                FitState(it, W_blocks, H, history, dict(stats),
+                         rng.get_state() if rng is not None else None,
+                         {"loss_sq": loss_sq, "converged": converged}),
+                ex.assemble(W_blocks, k, dtype))
+        if converged:
             break
         previous = obj
     return FitResult(

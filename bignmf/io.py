@@ -160,35 +160,47 @@ def write_result(
     attrs: dict[str, Any],
     loss_history: list[float],
     overwrite: bool = False,
+    in_place: bool = False,
 ) -> str:
     """Write a fit to a Zarr group at ``path``: arrays ``W`` (chunked like V's row blocks),
     ``H`` and ``loss_history``, parameters and summary in the group's attributes.
 
-    The group is written beside ``path`` under a temporary name and renamed into place
-    when complete, so ``path`` is never left half-written.
+    A new group is written beside ``path`` under a temporary name and renamed into place
+    when complete, so ``path`` is never left half-written. A run that checkpoints into
+    ``path`` (``in_place=True``) writes the arrays into its group and sets the attribute
+    ``status='complete'`` last; until then ``bignmf resume`` redoes the end from the
+    newest checkpoint.
     """
     from bignmf.executor import store
 
     path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path!r} exists; choose another output or pass overwrite=True")
-    tmp = f"{path}.partial-{os.getpid()}"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    root = zarr.open_group(tmp, mode="w")
+    if in_place:
+        root = zarr.open_group(path, mode="a")
+        target = path
+    else:
+        if os.path.exists(path) and not overwrite:
+            raise FileExistsError(
+                f"{path!r} exists; choose another output or pass overwrite=True")
+        target = f"{path}.partial-{os.getpid()}"
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        root = zarr.open_group(target, mode="w")
     if isinstance(W, da.Array):
         row_chunk = W.chunks[0][0]
         W = W.rechunk((row_chunk, W.shape[1]))  # one dask block per Zarr chunk: no shared writes
     else:
         row_chunk = min(W.shape[0], 65536)
-    W_out = root.create_array("W", shape=W.shape, dtype=W.dtype, chunks=(row_chunk, W.shape[1]))
+    W_out = root.create_array("W", shape=W.shape, dtype=W.dtype,
+                              chunks=(row_chunk, W.shape[1]), overwrite=True)
     store(W, W_out)
-    root.create_array("H", shape=H.shape, dtype=H.dtype, chunks=H.shape)[...] = H
+    root.create_array("H", shape=H.shape, dtype=H.dtype, chunks=H.shape,
+                      overwrite=True)[...] = H
     history = np.asarray(loss_history, dtype=np.float64)
     root.create_array("loss_history", shape=history.shape, dtype=history.dtype,
-                      chunks=(max(1, history.size),))[...] = history
-    root.attrs.update(attrs)
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+                      chunks=(max(1, history.size),), overwrite=True)[...] = history
+    root.attrs.update({**attrs, "status": "complete"})
+    if not in_place:
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(target, path)
     return path
