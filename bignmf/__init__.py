@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from bignmf._version import __version__
 
 if TYPE_CHECKING:
-    from bignmf.estimator import NMF, NMFResult, nmf, non_negative_factorization
+    from bignmf.estimator import NMF, NMFResult, load, nmf, non_negative_factorization
     from bignmf.io import open_matrix
 
 _LAZY = {
@@ -23,10 +23,12 @@ _LAZY = {
     "NMFResult": "bignmf.estimator",
     "nmf": "bignmf.estimator",
     "non_negative_factorization": "bignmf.estimator",
+    "load": "bignmf.estimator",
     "open_matrix": "bignmf.io",
 }
 
-__all__ = ["NMF", "NMFResult", "__version__", "nmf", "non_negative_factorization", "open_matrix"]
+__all__ = ["NMF", "NMFResult", "__version__", "load", "nmf", "non_negative_factorization",
+           "open_matrix"]
 
 
 def __getattr__(name: str) -> Any:

@@ -173,6 +173,11 @@ class Checkpointer:
             return True
         return bool(self.seconds) and time.monotonic() - self._last >= float(self.seconds or 0)
 
+    def load(self) -> FitState | None:
+        """The newest checkpoint in this checkpointer's store, or ``None``."""
+        loaded = load(self.root)
+        return loaded[0] if loaded is not None else None
+
     def save(self, state: FitState, W: Any) -> None:
         save(self.root, state, W, params=self.params)
         self._last = time.monotonic()

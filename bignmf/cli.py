@@ -7,6 +7,7 @@ Commands:
   W, H, the loss history and the parameters are written to ``OUT.zarr``.
 * ``bignmf resume OUT.zarr`` — continue a ``fit --checkpoint-every N`` that was killed,
   from its newest checkpoint, with the same input and options.
+* ``bignmf info OUT.zarr`` — what an output store holds (result, parameters, checkpoint).
 * ``bignmf demo`` — write a matrix larger than the workers' memory to a temporary Zarr store
   and factorize it with progress shown.
 """
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from bignmf import __version__, cluster, io
+from bignmf import __version__, checkpoint, cluster, io
 from bignmf.estimator import NMF
 from bignmf.progress import Progress
 
@@ -103,7 +104,7 @@ def run_fit(model: NMF, source: Any, output: str | None, overwrite: bool = False
         "bignmf_version": __version__,
         "n_iter": int(model.n_iter_),
         "reconstruction_err": float(model.reconstruction_err_),
-        "converged": not any("Maximum number of iterations" in str(w.message) for w in caught),
+        "converged": bool(model._converged),
         "seconds": seconds,
         "shape": [int(W.shape[0]), int(model.n_features_in_)],
         "params": {k: v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
@@ -168,6 +169,31 @@ def _fit_and_report(model: NMF, source: Any, output: str, scheduler: str | None,
             client.close()
     print(f"done: {summary['n_iter']} iterations in {summary['seconds']:.1f} s, "
           f"||V - WH|| = {summary['reconstruction_err']:.6g}; output {output}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    group, attrs = io.read_result(args.output)
+    print(f"{args.output}: bignmf output store (written by bignmf {attrs.get('bignmf_version')})")
+    print(f"  status: {attrs.get('status', 'unknown')}")
+    if "input" in attrs:
+        print(f"  input: {attrs['input']}")
+    for name, node in group.arrays():
+        if name in ("W", "H", "loss_history"):
+            print(f"  {name}: shape {node.shape}, dtype {node.dtype}, chunks {node.chunks}")
+    for key in ("n_iter", "reconstruction_err", "converged", "seconds"):
+        if key in attrs:
+            print(f"  {key}: {attrs[key]}")
+    params = attrs.get("params") or attrs.get("cli_options")
+    if params:
+        print("  parameters: " + ", ".join(f"{k}={v!r}" for k, v in sorted(params.items())))
+    ckpt = checkpoint.latest(args.output)
+    if ckpt is not None:
+        loaded = checkpoint.load(args.output)
+        assert loaded is not None
+        state, _ = loaded
+        print(f"  newest checkpoint: {os.path.basename(ckpt)} (iteration {state.iteration}, "
+              f"objective {state.history[-1]:.6g})")
     return 0
 
 
@@ -252,6 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_resume.add_argument("--max-iter", type=int, default=None, help="raise the iteration cap")
     p_resume.add_argument("--scheduler", default=None)
     p_resume.set_defaults(func=cmd_resume)
+
+    p_info = sub.add_parser("info", help="describe a bignmf output store")
+    p_info.add_argument("output")
+    p_info.set_defaults(func=cmd_info)
 
     p_demo = sub.add_parser("demo", help="factorize a generated matrix larger than the "
                                          "workers' memory")

@@ -57,6 +57,19 @@ def uses_explicit_scheduler() -> bool:
     return dask.config.get("scheduler", None) is not None or active_client() is not None
 
 
+def resolve() -> tuple[Any | None, bool]:
+    """``(client, embedded)`` for an out-of-core fit, following the module's order.
+
+    ``client`` is ``None`` when ``dask.config`` names a non-distributed scheduler;
+    ``embedded`` says whether the client is bignmf's own local cluster (started now or
+    by an earlier fit), whose workers share this machine's filesystem.
+    """
+    if uses_explicit_scheduler():
+        client = active_client()
+        return client, client is not None and client is _embedded.get("client")
+    return embedded_client(), True
+
+
 def embedded_client(n_workers: int | None = None, memory_limit: str | int = "auto") -> Any:
     """Start, or return, this process's embedded ``LocalCluster`` client.
 

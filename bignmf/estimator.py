@@ -13,7 +13,10 @@ input into an executor (:mod:`bignmf.executor`) and dispatches to :mod:`bignmf.i
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -207,8 +210,8 @@ l1_ratio, verbose, shuffle
             # cluster is started.
             source = io.open_zarr_array(X) if isinstance(X, (str, os.PathLike)) else X
             io.check_shape_dtype(source.shape, source.dtype)
-            client = None if cluster.uses_explicit_scheduler() else cluster.embedded_client()
-            limit = cluster.worker_memory_limit(client or cluster.active_client())
+            client, embedded = cluster.resolve()
+            limit = cluster.worker_memory_limit(client)
             block_bytes = min(io.DEFAULT_BLOCK_BYTES, limit // 8) if limit else None
             V = io.open_matrix(source, block_rows=self.block_rows, block_bytes=block_bytes)
             if reset:
@@ -221,7 +224,8 @@ l1_ratio, verbose, shuffle
                     f"{self.n_features_in_} features as input."
                 )
             zarr_source = source if isinstance(source, zarr.Array) else None
-            return DaskExecutor(V, client, zarr_source), V.shape, V.dtype
+            ex = DaskExecutor(V, client, zarr_source, local=embedded)
+            return ex, V.shape, V.dtype
         X = validate_data(
             self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32], reset=reset,
         )
@@ -276,6 +280,7 @@ l1_ratio, verbose, shuffle
         self.n_iter_ = n_iter
         self.loss_history_ = result.loss_history
         self._data_sq_norm = float(result.stats["sumsq"])  # ||V||^2, from the first pass
+        self._converged = result.converged
         return W_out
 
     def _fit_transform(
@@ -293,7 +298,7 @@ l1_ratio, verbose, shuffle
             W_out, n_iter = self._solve_W(ex, H, shape, dtype, compute=True)
             return W_out, H, n_iter, None
         init = resolve_init(self.init, k, shape)
-        checkpointer, state = self._checkpointing(shape, dtype, k, resume)
+        checkpointer, state = self._checkpointing(shape, dtype, k, resume, ex)
         if state is not None:
             initial = Initial([], state.H, None, passes=0)
         elif init == "custom":
@@ -323,11 +328,20 @@ l1_ratio, verbose, shuffle
         return ex.assemble(result.W_blocks, k, dtype), result.H, result.n_iter, result
 
     def _checkpointing(
-        self, shape: tuple[int, int], dtype: np.dtype, k: int, resume: bool
+        self, shape: tuple[int, int], dtype: np.dtype, k: int, resume: bool, ex: Any
     ) -> tuple[Checkpointer | None, FitState | None]:
+        """The fit's checkpointer and the state to resume from.
+
+        Without ``checkpoint``, a fit on the embedded cluster still checkpoints (every 10
+        iterations, into a temporary folder removed at exit) so that a worker dying mid-fit
+        costs only the iterations since; on other clusters that needs ``checkpoint=`` on a
+        filesystem the workers share.
+        """
         if self.checkpoint is None:
             if resume:
                 raise ValueError("resume=True needs checkpoint=PATH, the Zarr group to resume from")
+            if isinstance(ex, DaskExecutor) and ex.local:
+                return Checkpointer(_recovery_dir(), {}, every=10), None
             return None, None
         params = {name: getattr(self, name) for name in _PROBLEM_PARAMS}
         params = {key: v if v is None or isinstance(v, (str, int, float, bool)) else repr(v)
@@ -400,6 +414,13 @@ l1_ratio, verbose, shuffle
         tags.input_tags.sparse = True
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+
+def _recovery_dir() -> str:
+    """A fresh temporary folder for recovery checkpoints, removed when Python exits."""
+    path = tempfile.mkdtemp(prefix="bignmf-recovery-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _check_factor(A: Any, shape: tuple[int, int], dtype: np.dtype, whom: str) -> Any:
@@ -476,3 +497,28 @@ def nmf(X: Any, n_components: int | str | None = "auto", **params: Any) -> NMFRe
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     return NMFResult(W, est.components_, est.n_iter_, est.reconstruction_err_, converged,
                      est.loss_history_)
+
+
+def load(path: str | os.PathLike[str]) -> NMF:
+    """A fitted :class:`NMF` from a result store written by ``bignmf fit`` (or
+    :func:`bignmf.io.write_result`), ready for ``transform``/``inverse_transform``.
+
+    ``W`` of the fit stays in the store; open it lazily with
+    ``dask.array.from_zarr(path, component="W")``.
+    """
+    group, attrs = io.read_result(path)
+    if attrs.get("status") != "complete":
+        raise ValueError(f"{os.fspath(path)!r} holds no complete result (status "
+                         f"{attrs.get('status')!r}); finish it with `bignmf resume`")
+    saved = attrs.get("params", {})
+    params = {key: value for key, value in saved.items()
+              if key in NMF().get_params() and not key.startswith("checkpoint")}
+    model = NMF(**params)
+    H = np.asarray(group["H"][...])  # type: ignore[index]
+    model.components_ = H
+    model.n_components_ = H.shape[0]
+    model.n_features_in_ = H.shape[1]
+    model.n_iter_ = int(attrs["n_iter"])
+    model.reconstruction_err_ = float(attrs["reconstruction_err"])
+    model.loss_history_ = [float(x) for x in np.asarray(group["loss_history"][...])]  # type: ignore[index]
+    return model

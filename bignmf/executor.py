@@ -63,6 +63,10 @@ class Eager:
     def put(arrays: Sequence[np.ndarray]) -> list:
         return list(arrays)
 
+    @staticmethod
+    def lost_data(err: BaseException) -> bool:
+        return False
+
     def assemble(self, blocks: Sequence[np.ndarray], n_cols: int, dtype: Any) -> np.ndarray:
         if len(blocks) == 1:
             return np.ascontiguousarray(blocks[0], dtype=dtype)
@@ -86,11 +90,15 @@ class DaskExecutor:
         The Zarr array behind ``V``. Kernels then read their rows themselves
         (:class:`bignmf.passes.ZarrBlock`): one task per block and pass, no block of V
         ever held or moved as a task result. Without it, blocks come from ``V``'s graph.
+    local : bool
+        The workers run on this machine (bignmf's embedded cluster), so they can read files
+        this process writes, e.g. recovery checkpoints in a temporary folder.
     """
 
     lazy = True
 
-    def __init__(self, V: da.Array, client: Any = None, source: Any = None) -> None:
+    def __init__(self, V: da.Array, client: Any = None, source: Any = None,
+                 local: bool = False) -> None:
         if len(V.chunks[1]) != 1:
             raise ValueError("V must be chunked in rows only (one chunk across columns)")
         # Fresh keys: the same V opened by another fit, a transform, or the user's own
@@ -99,6 +107,7 @@ class DaskExecutor:
         V = clone(V)
         self.V = V
         self.client = client
+        self.local = local
         ends = np.cumsum((0, *V.chunks[0]))
         self.row_bounds = [(int(a), int(b)) for a, b in itertools.pairwise(ends)]
         if source is not None:
@@ -159,6 +168,16 @@ class DaskExecutor:
         """Compute lazy objects (e.g. a ``to_zarr`` store) with this executor's scheduler."""
         with self.active():
             return dask.compute(*objs)
+
+    @staticmethod
+    def lost_data(err: BaseException) -> bool:
+        """True when a computation failed because workers holding its inputs died (the
+        data can be rebuilt from a checkpoint), not because a task itself failed."""
+        if type(err).__name__ != "FutureCancelledError":
+            return False
+        # "lost dependencies": a worker holding inputs died; "already forgotten": the
+        # scheduler dropped such keys, which nothing could recompute.
+        return "lost dependencies" in str(err) or "already forgotten" in str(err)
 
     def put(self, arrays: Sequence[np.ndarray]) -> list:
         """Send client-side blocks to where the kernels run (scattered on a cluster)."""

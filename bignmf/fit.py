@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: Cap on the solver sweeps per pass when ``inner_sweeps='auto'``.
 MAX_AUTO_SWEEPS = 10
+#: Consecutive recoveries from lost data before the fit gives up.
+MAX_RECOVERIES = 3
 #: Gillis & Glineur's epsilon: stop sweeping once a sweep changes the factor by less
 #: than this fraction of the first sweep's change.
 SWEEP_TOL = 0.1
@@ -101,8 +103,11 @@ def fit(
     initialization did not read it).
 
     ``resume`` continues from a checkpointed state (``initial`` is then unused): the
-    iterates are those of an uninterrupted fit. ``checkpointer`` is called after the
-    iterations it says are due, and after the last one.
+    iterates are those of an uninterrupted fit. ``checkpointer`` saves the state after
+    initialization, after the iterations it says are due, and after the last one. When a
+    pass fails because the cluster lost data (a worker died holding blocks of W), the fit
+    goes back to the newest checkpoint and redoes the iterations since: the result is the
+    same as without the failure.
     """
     m, n = shape
     k = initial.H.shape[0]
@@ -116,21 +121,51 @@ def fit(
     sweeps_H = auto_sweeps(inner_sweeps, m / k)
     sweep_tol = SWEEP_TOL if inner_sweeps == "auto" else 0.0
 
-    if resume is None:
-        W_blocks, H, stats = initial.W_blocks, initial.H, initial.stats
-        history: list[float] = []
-        first, previous, loss_sq, converged = 1, np.inf, np.nan, False
-    else:
-        W_blocks = ex.split(resume.W)
-        H = np.asarray(resume.H, dtype=dtype)
-        stats = Sums(resume.stats)
-        history = list(resume.history)
-        first, previous = resume.iteration + 1, history[-1]
-        loss_sq = float(resume.extra.get("loss_sq", np.nan))
-        converged = bool(resume.extra.get("converged", False))
+    W_blocks, H, stats = initial.W_blocks, initial.H, initial.stats
+    history: list[float] = []
+    previous, loss_sq, converged = np.inf, np.nan, False
+    it = 1
+
+    def restore(state: FitState) -> None:
+        nonlocal W_blocks, H, stats, history, previous, loss_sq, converged, it
+        W_blocks = ex.split(state.W)
+        H = np.asarray(state.H, dtype=dtype)
+        stats = Sums(state.stats) if state.stats else None
+        history = list(state.history)
+        previous = history[-1] if history else np.inf
+        loss_sq = float(state.extra.get("loss_sq", np.nan))
+        converged = bool(state.extra.get("converged", False))
+        it = state.iteration + 1
+        if rng is not None and state.rng_state is not None:
+            rng.set_state(state.rng_state)
+
+    def save(iteration: int) -> None:
+        assert checkpointer is not None
+        checkpointer.save(
+            FitState(iteration, W_blocks, H, history, dict(stats or {}),
+                     rng.get_state() if rng is not None else None,
+                     {"loss_sq": loss_sq, "converged": converged}),
+            ex.assemble(W_blocks, k, dtype))
+
+    if resume is not None:
+        restore(resume)
+    elif checkpointer is not None:
+        save(0)  # so that even a failure in the first interval can be recovered
+    recoveries = 0
+
+    def recover(err: Exception) -> None:
+        """Go back to the newest checkpoint after the cluster lost data; else re-raise."""
+        nonlocal recoveries
+        saved = checkpointer.load() if checkpointer is not None else None
+        if not ex.lost_data(err) or saved is None or recoveries >= MAX_RECOVERIES:
+            raise err
+        recoveries += 1
+        logger.warning("iteration %d lost data on the cluster (%s); redoing from the "
+                       "checkpoint of iteration %d", it, err, saved.iteration)
+        restore(saved)
+
     start = time.perf_counter()
-    it = first - 1
-    for it in range(first, max_iter + 1 if not converged else first):
+    while it <= max_iter and not converged:
         t0 = time.perf_counter()
         H64 = H.astype(np.float64)
         HHt = H64 @ H64.T
@@ -140,14 +175,18 @@ def fit(
             frobenius_step, ex.blocks(), W_blocks, nout=2,
             H=H, HHt=HHt, update=update, l1=penalty.l1_W, l2=penalty.l2_W,
             max_sweeps=sweeps_W, sweep_tol=sweep_tol, order=order_W,
-            initial_loss=(it == 1 and resume is None), stats=stats is None,
+            initial_loss=not history, stats=stats is None,
         )
-        W_blocks, sums = ex.run(ex.take(outs, 0), ex.total(ex.take(outs, 1)))
+        try:
+            W_blocks, sums = ex.run(ex.take(outs, 0), ex.total(ex.take(outs, 1)))
+        except Exception as err:
+            recover(err)
+            continue
         if stats is None:
             check_stats(sums)
             stats = sums
         sq_norm_V = float(stats["sumsq"])
-        if it == 1:
+        if not history:
             loss0 = max(sq_norm_V - 2.0 * sums["cross0"] + float(np.vdot(sums["WtW0"], HHt)), 0.0)
             history.append(objective(
                 loss0, penalty, float(sums["W_sum0"].sum()), float(np.trace(sums["WtW0"])), H))
@@ -171,14 +210,15 @@ def fit(
             callback(info)
         converged = obj <= 0 or (tol > 0 and decrease < tol)
         if checkpointer is not None and (converged or it == max_iter or checkpointer.due(it)):
-            checkpointer.save(
-                FitState(it, W_blocks, H, history, dict(stats),
-                         rng.get_state() if rng is not None else None,
-                         {"loss_sq": loss_sq, "converged": converged}),
-                ex.assemble(W_blocks, k, dtype))
-        if converged:
-            break
+            try:
+                save(it)
+            except Exception as err:
+                recover(err)
+                continue
         previous = obj
+        recoveries = 0
+        it += 1
+    it -= 1
     return FitResult(
         W_blocks=W_blocks, H=H, n_iter=it, converged=converged,
         reconstruction_err=float(np.sqrt(loss_sq)), loss_history=history,

@@ -204,3 +204,15 @@ def write_result(
             shutil.rmtree(path)
         os.replace(target, path)
     return path
+
+
+def read_result(path: str | os.PathLike[str]) -> tuple[zarr.Group, dict[str, Any]]:
+    """Open a result store written by :func:`write_result` (or a run still checkpointing)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No bignmf output store at {path!r}")
+    group = zarr.open_group(path, mode="r")
+    attrs = dict(group.attrs.asdict())
+    if "status" not in attrs and "bignmf_version" not in attrs:
+        raise ValueError(f"{path!r} is a Zarr group but not a bignmf output store")
+    return group, attrs
