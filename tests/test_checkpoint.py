@@ -124,7 +124,7 @@ KILL_DURING_WRITE = textwrap.dedent("""
     def store_then_die(array, target):
         calls.append(1)
         real_store(array, target)   # W of this checkpoint is written...
-        if len(calls) == 3:         # ...and the process dies before H, attrs and LATEST
+        if len(calls) == 4:         # ...and the process dies before H, attrs and LATEST
             os.kill(os.getpid(), signal.SIGKILL)
 
     bignmf.executor.store = store_then_die  # checkpoint.save looks it up at call time
@@ -142,7 +142,7 @@ def test_kill_during_checkpoint_write_leaves_a_resumable_store(data, tmp_path):
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "X.npy"), str(store)],
                           capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL
-    # the third checkpoint (iteration 12) was being written; the second one is in force
+    # checkpoints: iterations 0, 4, 8, then 12 was being written; 8 is in force
     assert (store / "checkpoints" / "ckpt-000012").exists()
     assert checkpoint.latest(store).endswith("ckpt-000008")
     state, params = checkpoint.load(store)
