@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import operator
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -111,7 +112,9 @@ class DaskExecutor:
         ends = np.cumsum((0, *V.chunks[0]))
         self.row_bounds = [(int(a), int(b)) for a, b in itertools.pairwise(ends)]
         if source is not None:
-            self._V_blocks: list[Any] = [ZarrBlock(source, a, b) for a, b in self.row_bounds]
+            token = uuid.uuid4().hex
+            self._V_blocks: list[Any] = [ZarrBlock(source, a, b, token)
+                                         for a, b in self.row_bounds]
         else:
             self._V_blocks = list(V.to_delayed(optimize_graph=True).ravel())
 

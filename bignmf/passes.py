@@ -62,12 +62,16 @@ class ZarrBlock:
     array: Any
     start: int
     stop: int
+    #: Unique per executor, so task keys never reuse a result computed from other data
+    #: that was stored at the same path earlier (the data itself is not hashed).
+    token: str = ""
 
     def read(self) -> np.ndarray:
         return np.asarray(self.array[self.start : self.stop])
 
-    def __dask_tokenize__(self) -> tuple[str, str, int, int]:
-        return ("bignmf.ZarrBlock", str(self.array.store_path), self.start, self.stop)
+    def __dask_tokenize__(self) -> tuple[str, str, int, int, str]:
+        return ("bignmf.ZarrBlock", str(self.array.store_path), self.start, self.stop,
+                self.token)
 
 
 def _as_compute_block(V: Any) -> Any:

@@ -1,0 +1,339 @@
+"""Distribution with real schedulers: determinism, where the work runs, and graph size.
+
+* The same ``random_state`` gives bitwise identical W and H on the synchronous, threaded and
+  distributed schedulers (a real ``dask scheduler`` + 2 ``dask worker`` processes), and the
+  in-memory NumPy fit's factors up to the order of floating-point summation.
+* With no client and no configured scheduler, fitting a Zarr path starts bignmf's embedded
+  cluster, and a second fit reuses it (checked in a fresh interpreter running a plain script,
+  as users write them: no ``if __name__ == "__main__":`` guard).
+* With a user's ``Client``, the work runs on that client's cluster (its workers run the
+  tasks and read V), and no embedded cluster is started.
+* The graph of one iteration has ``5 * n_blocks`` tasks, whatever the iteration, the
+  stored chunking or the matrix size: it grows with the number of row blocks only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import dask
+import numpy as np
+import psutil
+import pytest
+from conftest import (
+    LowRankRows,
+    chunk_keys,
+    open_logged,
+    python_env,
+    read_counts,
+    read_log,
+    write_zarr,
+)
+from dask.utils import key_split
+from distributed import Client, get_task_stream
+
+from bignmf import NMF, cluster
+
+N_SAMPLES, N_FEATURES, RANK = 1200, 90, 4
+CHUNK_ROWS, BLOCK_ROWS = 100, 200  # 12 stored row chunks, 6 row blocks
+FIT: dict[str, Any] = dict(n_components=RANK, random_state=0, max_iter=10, tol=0)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """(path of a Zarr store on disk, the same matrix in memory): float64, 1200 x 90."""
+    X = LowRankRows(N_FEATURES, RANK, seed=1, dtype=np.float64).dense(N_SAMPLES)
+    path = write_zarr(tmp_path_factory.mktemp("data") / "V.zarr", X,
+                      chunks=(CHUNK_ROWS, N_FEATURES))
+    return path, X
+
+
+def assert_same_to_rounding(actual, desired):
+    """Equal up to floating-point rounding of float64 (measured differences: 1e-14 to 2e-10
+    relative; the per-block sweep stop this guards against moved factors by 3-12%)."""
+    np.testing.assert_allclose(actual, desired, rtol=1e-8, atol=1e-10 * np.abs(desired).max())
+
+
+def _factors(X, **params):
+    est = NMF(**{**FIT, **params})
+    W = est.fit_transform(X)
+    if hasattr(W, "compute"):
+        W = W.compute()
+    return np.asarray(W), est.components_
+
+
+# --------------------------------------------------------------------------- determinism
+@pytest.mark.parametrize("init", ["random", "nndsvda"])
+def test_same_seed_same_factors_on_every_scheduler(dataset, real_cluster, init):
+    """Bitwise identical W and H on every scheduler (the default ``inner_sweeps='auto'``).
+
+    Each block's kernel is a deterministic function of its inputs and the partial sums are
+    added in a fixed tree order, so where and in which order tasks run cannot change a bit.
+    """
+    path, _ = dataset
+    runs = {}
+    for scheduler in ("synchronous", "threads"):
+        with dask.config.set(scheduler=scheduler):
+            runs[scheduler] = _factors(path, init=init, block_rows=BLOCK_ROWS)
+    with real_cluster.client.as_current():
+        runs["distributed"] = _factors(path, init=init, block_rows=BLOCK_ROWS)
+        runs["distributed, again"] = _factors(path, init=init, block_rows=BLOCK_ROWS)
+
+    W_ref, H_ref = runs["synchronous"]
+    assert W_ref.shape == (N_SAMPLES, RANK)
+    for name, (W, H) in runs.items():
+        np.testing.assert_array_equal(W, W_ref, err_msg=name)
+        np.testing.assert_array_equal(H, H_ref, err_msg=name)
+
+
+@pytest.mark.parametrize("init", ["random", "nndsvda"])
+def test_same_factors_as_in_memory_numpy_fit(dataset, init):
+    """The in-memory NumPy fit (one block, no dask) finds the same factors.
+
+    With several blocks, ``W^T V`` and ``W^T W`` are sums of per-block products added as a
+    tree instead of one product over all rows: the same numbers summed in another order, so
+    equal to rounding (measured ~4e-14 relative). With a single block
+    the dask fit computes exactly what the NumPy fit computes: bitwise equal.
+    """
+    path, X = dataset
+    W_np, H_np = _factors(X, init=init)
+    with dask.config.set(scheduler="synchronous"):
+        W_blocks, H_blocks = _factors(path, init=init, block_rows=BLOCK_ROWS)
+        W_one, H_one = _factors(path, init=init, block_rows=N_SAMPLES)
+    assert_same_to_rounding(H_blocks, H_np)
+    assert_same_to_rounding(W_blocks, W_np)
+    np.testing.assert_array_equal(H_one, H_np)
+    np.testing.assert_array_equal(W_one, W_np)
+
+
+@pytest.mark.parametrize("solver", ["cd", "mu"])
+def test_factors_do_not_depend_on_block_rows(dataset, solver):
+    """``block_rows`` (by default derived from the workers' memory limit) is not a parameter
+    of the result: 1, 4 and 12 blocks give the same factors up to rounding.
+
+    Regression test: the adaptive stop of the inner sweeps on W (``inner_sweeps='auto'``)
+    used to be decided per block, so results moved by several percent with the blocking.
+    """
+    path, _ = dataset
+    results = {}
+    with dask.config.set(scheduler="synchronous"):
+        for rows in (N_SAMPLES, 300, CHUNK_ROWS):
+            results[rows] = _factors(path, init="nndsvda", solver=solver, block_rows=rows)
+    W_ref, H_ref = results[N_SAMPLES]
+    for W, H in results.values():
+        assert_same_to_rounding(H, H_ref)
+        assert_same_to_rounding(W, W_ref)
+
+
+# --------------------------------------------------------------------------- embedded default
+EMBEDDED_SCRIPT = """\
+import json
+import os
+import sys
+
+import dask
+import distributed
+import psutil
+
+from bignmf import NMF, cluster
+
+path = sys.argv[1]
+assert dask.config.get("scheduler", None) is None, dask.config.get("scheduler")
+assert not cluster._embedded
+
+
+def state(client):
+    return {
+        "scheduler": client.scheduler.address,
+        "workers": sorted(client.scheduler_info(n_workers=-1)["workers"]),
+        "nthreads": sorted(client.nthreads().values()),
+        "worker_pids": sorted(client.run(os.getpid).values()),
+        "children": sorted(p.pid for p in psutil.Process().children(recursive=True)),
+    }
+
+
+est = NMF(n_components=4, init="random", random_state=0, max_iter=10, tol=0)
+W1 = est.fit_transform(path)
+client = cluster._embedded["client"]
+first = state(client)
+default_is_embedded = distributed.default_client() is client
+W1 = W1.compute()  # W lives on the embedded cluster, dask's default client now
+
+est2 = NMF(n_components=4, init="random", random_state=0, max_iter=10, tol=0)
+W2 = est2.fit_transform(path).compute()
+again = cluster._embedded["client"]
+print("RESULT " + json.dumps({
+    "first": first, "second": state(again), "same_client": again is client,
+    "default_is_embedded": default_is_embedded,
+    "W1": W1.tolist(), "H1": est.components_.tolist(),
+    "W2": W2.tolist(), "H2": est2.components_.tolist(),
+}))
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_embedded_cluster_started_once_and_reused(dataset, tmp_path):
+    """A plain script with no scheduler configured: the first fit of a Zarr path starts one
+    worker process per core (1 thread each), the second fit reuses that cluster (same
+    scheduler, same worker processes, no new child process), W computes on it, and every
+    process of it is gone once the script exits."""
+    path, X = dataset
+    script = tmp_path / "user_script.py"
+    script.write_text(EMBEDDED_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), path], cwd=tmp_path, env=python_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    result = json.loads(next(line for line in out.splitlines()
+                             if line.startswith("RESULT "))[len("RESULT "):])
+
+    first, second = result["first"], result["second"]
+    assert result["same_client"]
+    assert result["default_is_embedded"]
+    n_cores = os.cpu_count() or 1
+    assert len(first["workers"]) == n_cores
+    assert first["nthreads"] == [1] * n_cores
+    assert second == first  # same scheduler, workers, processes: nothing new started
+    assert set(first["worker_pids"]) <= set(first["children"])
+
+    W1, H1 = np.array(result["W1"]), np.array(result["H1"])
+    np.testing.assert_array_equal(W1, np.array(result["W2"]))
+    np.testing.assert_array_equal(H1, np.array(result["H2"]))
+    W_np, H_np = _factors(X, init="random", max_iter=10)
+    assert_same_to_rounding(H1, H_np)
+    assert_same_to_rounding(W1, W_np)
+
+    # The embedded cluster was closed with the interpreter: none of its processes is left.
+    deadline = time.monotonic() + 30
+    while not all(_gone(pid) for pid in first["children"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [pid for pid in first["children"] if not _gone(pid)] == []
+
+
+# --------------------------------------------------------------------------- a user's Client
+def test_active_client_runs_the_fit_on_its_cluster(dataset, real_cluster, read_log_path):
+    """A user's ``Client`` (the default client, as ``Client(...)`` makes it): the fit's tasks
+    run on that cluster's workers, those worker processes read V, and bignmf starts no
+    embedded cluster."""
+
+    path, X = dataset
+    max_iter = 4
+    n_blocks = N_SAMPLES // BLOCK_ROWS
+    worker_pids = real_cluster.worker_pids()
+    assert not cluster._embedded
+    with Client(scheduler_file=real_cluster.scheduler_file) as client:
+        assert cluster.active_client() is client
+        with get_task_stream(client) as stream:
+            est = NMF(**{**FIT, "max_iter": max_iter}, init="random", block_rows=BLOCK_ROWS)
+            W = est.fit_transform(open_logged(path, read_log_path))
+            W = W.compute()
+        assert not cluster._embedded
+    assert W.shape == (N_SAMPLES, RANK)
+
+    tasks = stream.data
+    assert {t["worker"] for t in tasks} <= set(worker_pids)
+    kinds = Counter(key_split(t["key"]) for t in tasks)
+    assert kinds["frobenius_step"] == n_blocks * max_iter
+    assert kinds["block_stats"] == n_blocks  # the one pass of init='random'
+
+    keys = chunk_keys(open_logged(path, read_log_path))
+    assert read_counts(read_log_path) == dict.fromkeys(keys, 1 + max_iter)
+    assert {pid for pid, _ in read_log(read_log_path)} <= set(worker_pids.values())
+
+    _, H_np = _factors(X, init="random", max_iter=max_iter)
+    assert_same_to_rounding(est.components_, H_np)
+
+
+# --------------------------------------------------------------------------- graph size
+class CountingScheduler:
+    """A dask scheduler (``dask.config.set(scheduler=...)``) that runs graphs synchronously
+    and records, for each graph it is given, the number of tasks per key prefix."""
+
+    def __init__(self) -> None:
+        self.graphs: list[Counter[str]] = []
+
+    def __call__(self, dsk, keys, **kwargs):
+        graph = dict(dsk.__dask_graph__()) if hasattr(dsk, "__dask_graph__") else dict(dsk)
+        self.graphs.append(Counter(key_split(key) for key in graph))
+        return dask.local.get_sync(dsk, keys, **kwargs)
+
+    def iteration_graphs(self) -> list[Counter[str]]:
+        """The graphs of the iterations (those that run the fused W/H kernel)."""
+        return [g for g in self.graphs if "frobenius_step" in g]
+
+
+def _iteration_graph_sizes(path, block_rows, max_iter=3, **params):
+    counting = CountingScheduler()
+    with dask.config.set(scheduler=counting):
+        est = NMF(n_components=params.pop("n_components", RANK), init="random",
+                  random_state=0, max_iter=max_iter, tol=0, block_rows=block_rows, **params)
+        est.fit(path)
+    graphs = counting.iteration_graphs()
+    assert len(graphs) == max_iter
+    return graphs
+
+
+@pytest.mark.parametrize("n_blocks", [1, 2, 3, 6, 12])
+def test_tasks_per_iteration_grow_with_row_blocks_only(dataset, tmp_path, n_blocks):
+    """Each iteration submits one graph of exactly ``5 * n_blocks`` tasks: per block one
+    fused kernel (which reads the block of V), two outputs taken from it, the incoming W
+    block; ``n_blocks - 1`` tree additions; and H. It does not grow over the iterations,
+    and does not depend on the stored chunking of V or on the matrix's size."""
+    path, _ = dataset
+    block_rows = N_SAMPLES // n_blocks
+    graphs = _iteration_graph_sizes(path, block_rows)
+    for graph in graphs:
+        assert sum(graph.values()) == 5 * n_blocks, graph
+        assert graph["frobenius_step"] == n_blocks
+        assert graph["add"] == n_blocks - 1
+
+    # Same blocks over a store chunked across columns too, with smaller stored chunks and
+    # twice the columns: the same graph.
+    X = LowRankRows(2 * N_FEATURES, RANK, seed=2).dense(N_SAMPLES)
+    other = write_zarr(tmp_path / "other.zarr", X, chunks=(CHUNK_ROWS // 2, 45))
+    assert [sum(g.values()) for g in _iteration_graph_sizes(other, block_rows)] == \
+        [5 * n_blocks] * 3
+
+
+def test_tasks_per_iteration_on_a_real_cluster(dataset, real_cluster):
+    """On the distributed scheduler ``4 * n_blocks`` tasks run per iteration: per block one
+    fused kernel (reading V) and the two outputs taken from it, ``n_blocks - 1`` tree
+    additions, and H (counted from the scheduler's task stream: tasks of a 3-iteration fit
+    minus those of a 1-iteration fit, over 2). The W blocks of the previous iteration are
+    already in the workers' memory, so they are not tasks here."""
+    path, _ = dataset
+    per_iteration = {}
+    with real_cluster.client.as_current():
+        for n_blocks in (3, 6):
+            counts = {}
+            for max_iter in (1, 3):
+                with get_task_stream(real_cluster.client) as stream:
+                    NMF(**{**FIT, "max_iter": max_iter}, init="random",
+                        block_rows=N_SAMPLES // n_blocks).fit(path)
+                counts[max_iter] = Counter(key_split(t["key"]) for t in stream.data)
+            diff = counts[3] - counts[1]
+            per_iteration[n_blocks] = {k: v / 2 for k, v in diff.items()}
+    for n_blocks, kinds in per_iteration.items():
+        assert kinds == {"frobenius_step": n_blocks, "getitem": 2 * n_blocks,
+                         "add": n_blocks - 1, "ndarray": 1}, kinds
+        assert sum(kinds.values()) == 4 * n_blocks
