@@ -10,11 +10,18 @@ Commands:
 * ``bignmf info OUT.zarr`` — what an output store holds (result, parameters, checkpoint).
 * ``bignmf demo`` — write a matrix larger than the workers' memory to a temporary Zarr store
   and factorize it with progress shown.
+* ``bignmf fit ... --cluster PROFILE`` — fit on the cluster a profile describes (embedded,
+  a running scheduler, or Dask workers as SLURM/PBS jobs; :mod:`bignmf.hpc`).
+* ``bignmf job-script INPUT -k K -o OUT.zarr --profile slurm-batch`` — print the batch script
+  of one job that runs the whole fit (resumable); ``bignmf submit ...`` submits it and prints
+  the job id; ``bignmf profile [NAME]`` lists or prints the shipped cluster profiles.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import shutil
@@ -28,14 +35,14 @@ from typing import Any
 import numpy as np
 import zarr
 
-from bignmf import __version__, checkpoint, cluster, io
+from bignmf import __version__, checkpoint, cluster, hpc, io
 from bignmf.estimator import NMF
 from bignmf.progress import Progress
 
 logger = logging.getLogger("bignmf.cli")
 
 
-def _add_fit_options(p: argparse.ArgumentParser) -> None:
+def _add_fit_options(p: argparse.ArgumentParser, scheduler: bool = True) -> None:
     p.add_argument("--n-components", "-k", type=int, required=True,
                    help="rank k of the factorization")
     p.add_argument("--init", default=None,
@@ -54,9 +61,59 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="checkpoint into the output store every N iterations")
     p.add_argument("--checkpoint-seconds", type=float, default=None,
                    help="checkpoint into the output store every T seconds")
-    p.add_argument("--scheduler", default=None,
-                   help="address of a running Dask scheduler (tcp://host:port); "
-                        "default: an embedded local cluster")
+    if scheduler:
+        p.add_argument("--scheduler", default=None,
+                       help="address of a running Dask scheduler (tcp://host:port); "
+                            "default: an embedded local cluster")
+
+
+def _memory(value: str) -> str:
+    from dask.utils import parse_bytes
+
+    try:
+        parse_bytes(value)
+    except (ValueError, TypeError) as err:
+        raise argparse.ArgumentTypeError(f"not a memory size: {value!r} (e.g. 4GiB)") from err
+    return value
+
+
+def _add_placement_options(p: argparse.ArgumentParser) -> None:
+    """Where the fit runs, besides ``--scheduler`` (see :mod:`bignmf.hpc`)."""
+    p.add_argument("--cluster", default=None, metavar="PROFILE",
+                   help="cluster profile: a shipped one (local, address, slurm, pbs; list "
+                        "them with `bignmf profile`) or a YAML file")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes of the embedded cluster, or workers to scale a "
+                        "--cluster profile to (default: one per core / the profile's)")
+    p.add_argument("--worker-memory", type=_memory, default=None,
+                   help="memory limit of each embedded worker, e.g. 4GiB (default: an equal "
+                        "share of the machine's memory)")
+
+
+def fit_argv(options: dict[str, Any]) -> list[str]:
+    """Command-line arguments of ``bignmf fit`` (after INPUT and --output) that give
+    ``options`` (dests as in the parsed arguments: ``n_components``, ``max_iter``,
+    ``resume``, ``workers``, ...); options at their default value are left out."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_fit_options(parser)
+    _add_placement_options(parser)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--overwrite", action="store_true")
+    actions = {a.dest: a for a in parser._actions}
+    unknown = sorted(set(options) - set(actions))
+    if unknown:
+        raise TypeError(f"unknown option(s) of `bignmf fit`: {unknown}")
+    argv: list[str] = []
+    for dest, action in actions.items():  # in the parser's order, whatever the dict's
+        value = options.get(dest)
+        if value is None or value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        if isinstance(action, argparse._StoreTrueAction):
+            argv.append(flag)
+        else:
+            argv += [flag, str(value)]
+    return argv
 
 
 _FIT_OPTIONS = ("n_components", "init", "solver", "max_iter", "tol", "alpha_W", "alpha_H",
@@ -120,10 +177,89 @@ def run_fit(model: NMF, source: Any, output: str | None, overwrite: bool = False
     return summary
 
 
+def _check_placement(args: argparse.Namespace) -> None:
+    """Refuse conflicting placement options, and load the profile, before anything runs."""
+    profile = getattr(args, "cluster", None)
+    sized = getattr(args, "workers", None) is not None or \
+        getattr(args, "worker_memory", None) is not None
+    if profile is not None and args.scheduler is not None:
+        raise ValueError("--cluster and --scheduler exclude each other")
+    if args.scheduler is not None and sized:
+        raise ValueError("--workers and --worker-memory size the embedded cluster or a "
+                         "--cluster profile's workers, not a --scheduler's")
+    if profile is not None:
+        p = hpc.load_profile(profile)
+        if p.mode == "batch":
+            raise ValueError(f"profile {p.name!r} describes one batch job that runs the whole "
+                             f"fit: use `bignmf submit ... --profile {p.name}`")
+
+
+@contextlib.contextmanager
+def _compute_on(scheduler: str | None, args: argparse.Namespace | None) -> Any:
+    """The cluster the fit runs on: ``--cluster``, a sized embedded cluster, ``--scheduler``
+    or (nothing given) bignmf's default resolution."""
+    profile = getattr(args, "cluster", None)
+    workers = getattr(args, "workers", None)
+    memory = getattr(args, "worker_memory", None)
+    if profile is not None:
+        with hpc.connect(profile, n_workers=workers, worker_memory=memory):
+            yield
+    elif workers is not None or memory is not None:
+        cluster.embedded_client(n_workers=workers, memory_limit=memory or "auto")
+        yield
+    else:
+        client = _connect(scheduler)
+        try:
+            yield
+        finally:
+            if client is not None:
+                client.close()
+
+
+def existing_fit(output: str, input: str, options: dict[str, Any]) -> dict[str, Any] | None:
+    """The attributes of ``output`` if it holds a ``bignmf fit`` of ``input`` with these
+    options (interrupted or complete); ``None`` if it does not exist. Raises
+    FileExistsError if it holds anything else."""
+    if not os.path.exists(output):
+        return None
+    try:
+        attrs: dict[str, Any] = dict(zarr.open_group(output, mode="r").attrs.asdict())
+    except Exception:
+        attrs = {}
+    stored = attrs.get("cli_options") or {}
+    wanted = json.loads(json.dumps(options))
+    differ = [f"input {attrs.get('input')!r} (now {input!r})"] \
+        if attrs.get("input") != input else []
+    differ += [f"{key}={stored.get(key)!r} (now {wanted[key]!r})"
+               for key in sorted(wanted) if stored.get(key) != wanted[key]]
+    if differ:
+        raise FileExistsError(
+            f"{output!r} exists and holds another fit ({'; '.join(differ)}); --resume "
+            "continues only the same fit: choose another output, or remove it")
+    return attrs
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     options = {key: getattr(args, key) for key in _FIT_OPTIONS}
     source = io.open_zarr_array(args.input)  # fail on a bad path before creating anything
+    _check_placement(args)
     model = _estimator(options, args.output)
+    if getattr(args, "resume", False):
+        if model.checkpoint is None:
+            raise ValueError("--resume needs --checkpoint-every or --checkpoint-seconds: it "
+                             "continues from the checkpoints in the output store")
+        attrs = existing_fit(args.output, os.path.abspath(args.input), options)
+        if attrs is not None:
+            if attrs.get("status") == "complete":
+                print(f"{args.output} is already complete ({attrs.get('n_iter')} iterations)")
+                return 0
+            loaded = checkpoint.load(args.output)
+            logger.info("continuing the fit in %s from %s", args.output,
+                        f"its checkpoint of iteration {loaded[0].iteration}" if loaded
+                        else "the start (it has no checkpoint yet)")
+            return _fit_and_report(model, source, args.output, args.scheduler, False,
+                                   {"input": os.path.abspath(args.input)}, resume=True,
+                                   args=args)
     if model.checkpoint is not None:
         if os.path.exists(args.output):
             if not args.overwrite:
@@ -136,7 +272,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             "input": os.path.abspath(args.input), "cli_options": options,
         })
     return _fit_and_report(model, source, args.output, args.scheduler, args.overwrite,
-                           {"input": os.path.abspath(args.input)}, resume=False)
+                           {"input": os.path.abspath(args.input)}, resume=False, args=args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -155,18 +291,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
         options["max_iter"] = args.max_iter
     model = _estimator(options, args.output)
     source = io.open_zarr_array(attrs["input"])
+    _check_placement(args)
     return _fit_and_report(model, source, args.output, args.scheduler, False,
-                           {"input": attrs["input"]}, resume=True)
+                           {"input": attrs["input"]}, resume=True, args=args)
 
 
 def _fit_and_report(model: NMF, source: Any, output: str, scheduler: str | None,
-                    overwrite: bool, extra: dict[str, Any], resume: bool) -> int:
-    client = _connect(scheduler)
-    try:
+                    overwrite: bool, extra: dict[str, Any], resume: bool,
+                    args: argparse.Namespace | None = None) -> int:
+    with _compute_on(scheduler, args):
         summary = run_fit(model, source, output, overwrite, extra, resume=resume)
-    finally:
-        if client is not None:
-            client.close()
     print(f"done: {summary['n_iter']} iterations in {summary['seconds']:.1f} s, "
           f"||V - WH|| = {summary['reconstruction_err']:.6g}; output {output}")
     return 0
@@ -255,11 +389,63 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("worker peak memory (VmHWM): " + ", ".join(
             f"{p / 2**20:.0f} MiB" for p in peaks.values())
             + f" (limit {args.worker_memory_mb} MiB)")
-    print(f"result: {out} (W, H, loss_history); remove {workdir} when done")
+    if args.dir is None:  # our own temporary folder: drop the generated matrix
+        shutil.rmtree(os.path.join(workdir, "V.zarr"), ignore_errors=True)
+        print(f"removed the generated matrix; the result is in {out} (W, H, loss_history)")
+    else:
+        print(f"matrix: {z.store}; result: {out} (W, H, loss_history)")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _job_profile(args: argparse.Namespace) -> hpc.Profile:
+    return hpc.load_profile(args.profile).with_settings(
+        walltime=args.walltime, queue=args.queue, account=args.account, cores=args.cores,
+        memory=args.memory, name=args.job_name)
+
+
+def cmd_job_script(args: argparse.Namespace) -> int:
+    profile = _job_profile(args)
+    options = {key: getattr(args, key) for key in _FIT_OPTIONS}
+    print(hpc.job_script(profile, args.input, args.output, **options), end="")
+    logdir = hpc._log_directory(profile)
+    if logdir and not os.path.isdir(logdir):
+        print(f"bignmf: note: create the log directory before submitting: mkdir -p {logdir}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    profile = _job_profile(args)
+    io.open_zarr_array(args.input)  # fail on a bad path before submitting anything
+    options = {key: getattr(args, key) for key in _FIT_OPTIONS}
+    effective = hpc.batch_fit_options(profile, options)
+    attrs = existing_fit(os.path.abspath(args.output), os.path.abspath(args.input),
+                         {key: effective[key] for key in _FIT_OPTIONS})
+    if attrs is not None and attrs.get("status") == "complete":
+        print(f"bignmf: {args.output} is already complete ({attrs.get('n_iter')} "
+              "iterations): nothing submitted", file=sys.stderr)
+        return 0
+    if attrs is not None:
+        logger.info("%s holds an interrupted run of this fit: the job continues it",
+                    args.output)
+    print(hpc.submit(profile, args.input, args.output, **options))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    if args.name:
+        print(hpc.profile_text(args.name), end="")
+        return 0
+    for name in hpc.available_profiles():
+        p = hpc.load_profile(name)
+        print(f"{name:14s} {p.mode:9s} {p.system or ''}")
+    print("print one with `bignmf profile NAME`; use it with `--cluster NAME` (fit) or "
+          "`--profile NAME` (job-script, submit), or an edited copy by its path")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bignmf`` argument parser."""
     parser = argparse.ArgumentParser(prog="bignmf", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"bignmf {__version__}")
     parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
@@ -270,6 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_fit.add_argument("--output", "-o", required=True, help="output Zarr group")
     p_fit.add_argument("--overwrite", action="store_true")
     _add_fit_options(p_fit)
+    _add_placement_options(p_fit)
+    p_fit.add_argument("--resume", action="store_true",
+                       help="if OUTPUT holds this same fit (input and options), interrupted: "
+                            "continue it from its newest checkpoint; complete: do nothing. "
+                            "Needs --checkpoint-every/--checkpoint-seconds (batch jobs use it)")
     p_fit.set_defaults(func=cmd_fit)
 
     p_resume = sub.add_parser("resume", help="continue an interrupted `bignmf fit` from its "
@@ -277,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_resume.add_argument("output", help="the output store of the interrupted fit")
     p_resume.add_argument("--max-iter", type=int, default=None, help="raise the iteration cap")
     p_resume.add_argument("--scheduler", default=None)
+    _add_placement_options(p_resume)
     p_resume.set_defaults(func=cmd_resume)
 
     p_info = sub.add_parser("info", help="describe a bignmf output store")
@@ -294,12 +486,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--dir", default=None, help="working folder (default: a new temp folder)")
     p_demo.set_defaults(func=cmd_demo)
 
+    for name, func, text in (
+        ("job-script", cmd_job_script, "print the batch script of one job that runs the fit"),
+        ("submit", cmd_submit, "submit one batch job that runs the fit; print its job id"),
+    ):
+        p_job = sub.add_parser(name, help=text)
+        p_job.add_argument("input", help="Zarr array: path, or path/inside/a/group")
+        p_job.add_argument("--output", "-o", required=True, help="output Zarr group")
+        p_job.add_argument("--profile", default="slurm-batch",
+                           help="batch profile: slurm-batch (default), pbs-batch, or a YAML "
+                                "file")
+        p_job.add_argument("--walltime", default=None, help="e.g. 04:00:00")
+        p_job.add_argument("--queue", default=None, help="partition / queue")
+        p_job.add_argument("--account", default=None)
+        p_job.add_argument("--cores", type=int, default=None,
+                           help="CPUs of the job (one worker each)")
+        p_job.add_argument("--memory", type=_memory, default=None,
+                           help="memory of the job, e.g. 32GB")
+        p_job.add_argument("--job-name", default=None)
+        _add_fit_options(p_job, scheduler=False)
+        p_job.set_defaults(func=func)
+
+    p_profile = sub.add_parser("profile", help="list the shipped cluster profiles, or print one")
+    p_profile.add_argument("name", nargs="?", default=None)
+    p_profile.set_defaults(func=cmd_profile)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return int(args.func(args))
-    except (FileNotFoundError, FileExistsError, ValueError, TypeError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, TypeError,
+            hpc.MissingDependencyError, hpc.ClusterError) as err:
         print(f"bignmf: error: {err}", file=sys.stderr)
         return 2
 
