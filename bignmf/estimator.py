@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from bignmf.fit import FitResult, IterationInfo, fit
 from bignmf.init import Initial, initialize, resolve_init
 from bignmf.losses import Penalty
 from bignmf.passes import transform_block
+from bignmf.progress import Progress
 from bignmf.solvers import SOLVER_NAMES, hals
 
 
@@ -103,7 +105,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     ----------
     n_components, init, solver, beta_loss, tol, max_iter, random_state, alpha_W, alpha_H, \
 l1_ratio, verbose, shuffle
-        As in scikit-learn. ``solver='cd'`` (coordinate descent, i.e. HALS; also spelled
+        As in scikit-learn (``verbose`` prints a progress line per iteration: objective,
+        relative decrease, seconds per iteration, time left). ``solver='cd'``
+        (coordinate descent, i.e. HALS; also spelled
         ``'hals'``) or ``'mu'`` (multiplicative updates). ``tol`` applies to the relative
         decrease of the objective between two iterations. This version fits the Frobenius
         loss (``beta_loss='frobenius'``).
@@ -271,8 +275,15 @@ l1_ratio, verbose, shuffle
         W : ndarray (in-memory X) or dask array (out-of-core X) of shape (n_samples, k)
         """
         self._validate_params()
-        W_out, H_out, n_iter, result = self._fit_transform(X, W=W, H=H, callback=callback,
-                                                           resume=resume)
+        progress = None
+        if callback is None and self.verbose:
+            callback = progress = Progress(stream=sys.stdout, log_every=0, use_logging=False)
+        try:
+            W_out, H_out, n_iter, result = self._fit_transform(
+                X, W=W, H=H, callback=callback, resume=resume)
+        finally:
+            if progress is not None:
+                progress.close()
         assert result is not None
         self.reconstruction_err_ = result.reconstruction_err
         self.n_components_ = H_out.shape[0]

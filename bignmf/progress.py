@@ -37,12 +37,16 @@ def format_line(info: IterationInfo) -> str:
 
 
 class Progress:
-    """Callback printing a live progress line (terminal) or logging one line per
-    ``log_every`` seconds (files, pipes, batch-job logs)."""
+    """Callback printing a live progress line (terminal) or one line per ``log_every``
+    seconds (files, pipes, batch-job logs) — through :mod:`logging` (logger
+    ``bignmf.progress``), or written to ``stream`` with ``use_logging=False``
+    (``NMF(verbose=1)`` prints every iteration that way, as scikit-learn does)."""
 
-    def __init__(self, stream: TextIO | None = None, log_every: float = 10.0) -> None:
+    def __init__(self, stream: TextIO | None = None, log_every: float = 10.0,
+                 use_logging: bool = True) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.log_every = log_every
+        self.use_logging = use_logging
         self._last_log = -float("inf")
         self._live = bool(getattr(self.stream, "isatty", lambda: False)())
 
@@ -55,7 +59,10 @@ class Progress:
         now = time.monotonic()
         if now - self._last_log >= self.log_every or info.iteration == info.max_iter:
             self._last_log = now
-            logger.info(line)
+            if self.use_logging:
+                logger.info(line)
+            else:
+                print(line, file=self.stream, flush=True)
 
     def close(self) -> None:
         """End the live line (call once the fit returns)."""
