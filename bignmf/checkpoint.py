@@ -73,7 +73,7 @@ def save(root: str | os.PathLike[str], state: FitState, W: Any, *,
     from bignmf.executor import store
 
     base = os.path.join(os.fspath(root), CHECKPOINTS)
-    os.makedirs(base, exist_ok=True)
+    zarr.open_group(base, mode="a")  # a Zarr group, so readers of the store recognize it
     name = f"ckpt-{state.iteration:06d}"
     path = os.path.join(base, name)
     if os.path.exists(path):

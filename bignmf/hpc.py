@@ -274,9 +274,32 @@ def make_jobqueue_cluster(profile: Any, **kwargs: Any) -> Any:
     return cluster_class(str(p.system))(**{**jobqueue_kwargs(p), **kwargs})
 
 
+def _recording_job_class(job_cls: Any, errors: list[BaseException]) -> Any:
+    """``job_cls`` recording the errors of job submission into ``errors``.
+
+    dask-jobqueue submits jobs in a background task, so a refused ``sbatch`` (a wrong
+    partition, too much memory) is only logged; recording it lets the caller fail at
+    once, rather than wait for workers that will never come. A failed job is marked
+    failed so that closing the cluster does not trip over it."""
+    from distributed.core import Status
+
+    class RecordingJob(job_cls):
+        async def start(self) -> None:
+            try:
+                await super().start()
+            except Exception as err:
+                errors.append(err)
+                self.status = Status.failed
+                raise
+
+    RecordingJob.__name__ = RecordingJob.__qualname__ = job_cls.__name__
+    return RecordingJob
+
+
 def worker_job_script(profile: Any) -> str:
     """The batch script of one worker job of a jobqueue profile, as dask-jobqueue would
-    submit it (with a placeholder scheduler address); starts nothing."""
+    submit it (with a placeholder scheduler address). Starts and submits nothing
+    (dask-jobqueue does create the profile's log directory)."""
     p = load_profile(profile)
     kwargs = jobqueue_kwargs(p)
     for key in ("scheduler_options", "shared_temp_directory"):
@@ -334,6 +357,39 @@ def _sigterm_exits() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+#: Seconds between checks for worker jobs that ended (walltime, scancel, node failure).
+REPLACE_INTERVAL = 5.0
+
+
+@contextlib.contextmanager
+def _replacing_lost_jobs(jq_cluster: Any, target: int) -> Iterator[None]:
+    """Submit a new job for each worker job that ends while the fit runs.
+
+    A job that ends is dropped from the cluster's running workers (after distributed's
+    ``lost-worker-timeout``) but stays in its specification, and neither ``scale`` nor
+    ``adapt`` replaces it by itself; ``scale(n)`` again does. Meanwhile the fit goes on
+    with the other workers (and back to its newest checkpoint if data was lost).
+    """
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(REPLACE_INTERVAL):
+            lost = set(jq_cluster.worker_spec) - set(jq_cluster.workers)
+            if lost:
+                logger.warning("worker job(s) %s ended; submitting replacements",
+                               ", ".join(sorted(map(str, lost))))
+            with contextlib.suppress(Exception):
+                jq_cluster.scale(n=target)
+
+    thread = threading.Thread(target=watch, name="bignmf-replace-lost-jobs", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
 
 
 # --------------------------------------------------------------------------- connecting
@@ -403,33 +459,41 @@ def _connect_jobqueue(p: Profile, n_workers: int | None) -> Iterator[Any]:
     target = n_workers or p.option("n-workers") or jobqueue_kwargs(p)["processes"]
     wait_for = min(p.option("min-workers", target), target)
     timeout = float(p.option("wait-timeout", DEFAULT_WAIT_TIMEOUT))
+    errors: list[BaseException] = []
     with _sigterm_exits():
         t0 = time.monotonic()
-        jq_cluster = make_jobqueue_cluster(p)
+        cls = cluster_class(str(p.system))
+        jq_cluster = make_jobqueue_cluster(p, job_cls=_recording_job_class(cls.job_cls, errors))
         try:
-            logger.info("%s: one worker job is\n%s", type(jq_cluster).__name__,
-                        jq_cluster.job_script())
+            logger.info("%s: one worker job is\n%s", cls.__name__, jq_cluster.job_script())
             client = Client(jq_cluster, set_as_default=True)
             try:
                 jq_cluster.scale(n=target)
                 logger.info("scheduler at %s (dashboard %s); waiting for %d of %d workers",
                             jq_cluster.scheduler_address, client.dashboard_link, wait_for,
                             target)
-                try:
-                    client.wait_for_workers(wait_for, timeout=timeout)
-                except TimeoutError as err:
-                    raise ClusterError(
-                        f"{n_connected(client)} of {wait_for} Dask workers connected within "
-                        f"{timeout:.0f} s (bignmf.wait-timeout)\n{_diagnostics(p, jq_cluster)}"
-                    ) from err
+                deadline = time.monotonic() + timeout
+                while n_connected(client) < wait_for:
+                    if errors:
+                        raise ClusterError(f"submitting a worker job failed: {errors[0]}")
+                    if time.monotonic() > deadline:
+                        raise ClusterError(
+                            f"{n_connected(client)} of {wait_for} Dask workers connected "
+                            f"within {timeout:.0f} s (bignmf.wait-timeout)\n"
+                            f"{_diagnostics(p, jq_cluster)}")
+                    time.sleep(0.2)
                 logger.info("%d workers connected %.1f s after the first job was submitted "
                             "(jobs %s)", n_connected(client), time.monotonic() - t0,
                             ", ".join(_job_ids(jq_cluster)))
-                yield client
+                with _replacing_lost_jobs(jq_cluster, target):
+                    yield client
             finally:
                 client.close()
         finally:
-            jq_cluster.close()
+            try:
+                jq_cluster.close()
+            except Exception as err:  # the jobs still end: death-timeout after the scheduler
+                logger.warning("closing the %s failed: %r", cls.__name__, err)
 
 
 # --------------------------------------------------------------------------- batch jobs
