@@ -29,7 +29,7 @@ from bignmf.checkpoint import Checkpointer, FitState
 from bignmf.init import Initial, check_stats
 from bignmf.losses import Penalty, frobenius_sq, objective
 from bignmf.passes import Sums, frobenius_step
-from bignmf.solvers import get_solver
+from bignmf.solvers import get_solver, small_blas
 
 logger = logging.getLogger(__name__)
 
@@ -191,10 +191,11 @@ def fit(
             history.append(objective(
                 loss0, penalty, float(sums["W_sum0"].sum()), float(np.trace(sums["WtW0"])), H))
             previous = history[0]
-        H, _ = update(
-            H.copy(), sums["WtV"].astype(H.dtype, copy=False), sums["WtW"],
-            penalty.l1_H, penalty.l2_H, sweeps_H, sweep_tol, order_H,
-        )
+        with small_blas():
+            H, _ = update(
+                H.copy(), sums["WtV"].astype(H.dtype, copy=False), sums["WtW"],
+                penalty.l1_H, penalty.l2_H, sweeps_H, sweep_tol, order_H,
+            )
         loss_sq = frobenius_sq(sq_norm_V, sums["WtV"], sums["WtW"], H)
         W_sum, W_sq = float(sums["W_sum"].sum()), float(np.trace(sums["WtW"]))
         obj = objective(loss_sq, penalty, W_sum, W_sq, H)

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from bignmf.solvers import small_blas
+
 
 def _combine(key: str) -> Callable[[Any, Any], Any]:
     if key.startswith("min"):
@@ -113,6 +115,11 @@ def block_stats(V: Any) -> Sums:
     give the mean and ``||V||^2`` (float64), ``nnz`` the stored non-zeros.
     """
     V = _as_compute_block(V)
+    with small_blas():
+        return _block_stats(V)
+
+
+def _block_stats(V: Any) -> Sums:
     values = V.data if sp.issparse(V) else V.reshape(-1)
     n_rows, n_cols = V.shape
     nonfinite = int(values.size - np.count_nonzero(np.isfinite(values)))
@@ -202,10 +209,11 @@ def frobenius_step(
         out["WtW0"] = F.astype(np.float64) @ F.T.astype(np.float64)
         out["W_sum0"] = F.sum(axis=1, dtype=np.float64)
     if update_W:
-        if sweep_tol > 0 and max_sweeps > 1:
-            F, sweeps = _sweep_rows(update, F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
-        else:
-            F, sweeps = update(F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
+        with small_blas():
+            if sweep_tol > 0 and max_sweeps > 1:
+                F, sweeps = _sweep_rows(update, F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
+            else:
+                F, sweeps = update(F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
         out["sweeps"] = sweeps
     out["WtV"] = _left(F, V).astype(np.float64, copy=False)
     out["WtW"] = F.astype(np.float64) @ F.T.astype(np.float64)
@@ -286,19 +294,20 @@ def transform_block(
     active = np.arange(V.shape[0])
     first: np.ndarray | None = None
     done = 0
-    for done in range(1, max_iter + 1):  # noqa: B007 - the count is returned
-        Fa = F[:, active]
-        before = Fa.copy()
-        Fa, _sweeps = update(Fa, P[:, active], HHt, l1, l2, 1, 0.0)
-        F[:, active] = Fa
-        d = Fa - before
-        change = np.einsum("ij,ij->j", d, d)
-        if first is None:
-            first = change
-        going = change > (tol * tol) * first
-        active, first = active[going], first[going]
-        if not active.size:
-            break
+    with small_blas():
+        for done in range(1, max_iter + 1):  # noqa: B007 - the count is returned
+            Fa = F[:, active]
+            before = Fa.copy()
+            Fa, _sweeps = update(Fa, P[:, active], HHt, l1, l2, 1, 0.0)
+            F[:, active] = Fa
+            d = Fa - before
+            change = np.einsum("ij,ij->j", d, d)
+            if first is None:
+                first = change
+            going = change > (tol * tol) * first
+            active, first = active[going], first[going]
+            if not active.size:
+                break
     return F.T.copy(), Sums(max_iter_done=done)
 
 

@@ -449,3 +449,17 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealClust
 def read_log_path(tmp_path: Path) -> Path:
     """A fresh path for a :class:`ReadLoggingStore` log."""
     return tmp_path / "reads.log"
+
+
+def assert_same_fit(actual, desired, err_msg=""):
+    """Two fits that must give the same result: equal to 1e-12 relative.
+
+    The fits are deterministic, and in our runs equal bit for bit; but BLAS kernels round
+    differently depending on the memory alignment of their operands, which changes between
+    runs, so separate fits may differ in the last bits. Any real difference (another seed,
+    a lost or repeated iteration, a different block split) is many orders larger.
+    """
+    actual, desired = np.asarray(actual), np.asarray(desired)
+    np.testing.assert_allclose(actual, desired, rtol=1e-12,
+                               atol=1e-12 * float(np.abs(desired).max(initial=0.0)),
+                               err_msg=err_msg)

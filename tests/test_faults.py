@@ -3,7 +3,7 @@
 Workers are real processes (a ``LocalCluster`` with ``processes=True``, and bignmf's
 embedded cluster in a subprocess); one is SIGKILLed while the fit runs, taking with it the
 blocks of W it held. The fit goes back to its newest checkpoint and redoes the iterations
-since, so its result equals that of an undisturbed fit bit for bit.
+since, so its result equals that of an undisturbed fit (to 1e-12; bit for bit in our runs).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import textwrap
 import numpy as np
 import pytest
 import zarr
+from conftest import assert_same_fit
 from distributed import Client, LocalCluster
 
 from bignmf import NMF
@@ -49,8 +50,8 @@ def test_worker_killed_mid_fit_gives_the_same_result(store, tmp_path):
         model = NMF(**PARAMS, checkpoint=tmp_path / "ck.zarr", checkpoint_every=5)
         model.fit(store, callback=kill_a_worker)
         assert killed and pids[0] not in client.run(os.getpid).values()
-    np.testing.assert_array_equal(model.components_, reference.components_)
-    assert model.loss_history_ == reference.loss_history_
+    assert_same_fit(model.components_, reference.components_)
+    assert_same_fit(model.loss_history_, reference.loss_history_)
     assert model.n_iter_ == 25
 
 
@@ -75,7 +76,9 @@ EMBEDDED = textwrap.dedent("""
 
     model = NMF(**params).fit(sys.argv[1], callback=kill_a_worker)
     assert killed and victim not in client.run(os.getpid).values()
-    assert np.array_equal(model.components_, reference.components_)
+    # equal to 1e-12 (bitwise in our runs; BLAS may round differently run to run)
+    np.testing.assert_allclose(model.components_, reference.components_, rtol=1e-12,
+                               atol=1e-12 * np.abs(reference.components_).max())
     print("identical after a worker was killed")
 """)
 
