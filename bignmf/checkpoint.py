@@ -70,7 +70,7 @@ def _from_jsonable(value: Any) -> Any:
 def save(root: str | os.PathLike[str], state: FitState, W: Any, *,
          params: dict[str, Any], keep: int = 1) -> str:
     """Write ``state`` (with ``W`` as one array, NumPy or dask) as the newest checkpoint."""
-    from bignmf.executor import store
+    from bignmf.io import write_factors
 
     base = os.path.join(os.fspath(root), CHECKPOINTS)
     zarr.open_group(base, mode="a")  # a Zarr group, so readers of the store recognize it
@@ -79,16 +79,7 @@ def save(root: str | os.PathLike[str], state: FitState, W: Any, *,
     if os.path.exists(path):
         shutil.rmtree(path)
     group = zarr.open_group(path, mode="w")
-    rows = W.chunks[0][0] if hasattr(W, "chunks") and isinstance(W.chunks[0], tuple) \
-        else min(W.shape[0], 65536)
-    if hasattr(W, "rechunk"):
-        W = W.rechunk((rows, W.shape[1]))
-    store(W, group.create_array("W", shape=W.shape, dtype=W.dtype, chunks=(rows, W.shape[1])))
-    group.create_array("H", shape=state.H.shape, dtype=state.H.dtype,
-                       chunks=state.H.shape)[...] = state.H
-    hist = np.asarray(state.history, dtype=np.float64)
-    group.create_array("loss_history", shape=hist.shape, dtype=hist.dtype,
-                       chunks=(max(1, hist.size),))[...] = hist
+    write_factors(group, W, state.H, state.history)
     group.attrs.update(_jsonable({
         "iteration": state.iteration, "stats": state.stats, "rng_state": state.rng_state,
         "params": params, "extra": state.extra, "bignmf_version": __version__,

@@ -239,8 +239,7 @@ l1_ratio, verbose, shuffle
 
     def _resolve_n_components(self, n_features: int, H: Any) -> int:
         if self.n_components in (None, "auto"):
-            if self.n_components == "auto" and H is not None and (
-                self.init == "custom" or H is not None):
+            if self.n_components == "auto" and H is not None:
                 return int(np.shape(H)[0])
             return n_features
         return int(self.n_components)
@@ -411,8 +410,6 @@ l1_ratio, verbose, shuffle
     def inverse_transform(self, X: Any) -> Any:
         """``X @ components_``: the data reconstructed from W (dask in, dask out)."""
         check_is_fitted(self)
-        if isinstance(X, da.Array):
-            return X @ self.components_
         return X @ self.components_
 
     @property

@@ -152,6 +152,25 @@ def is_out_of_core(X: Any) -> bool:
     return isinstance(X, (str, os.PathLike, zarr.Array, da.Array))
 
 
+def write_factors(group: zarr.Group, W: Any, H: np.ndarray, loss_history: list[float]) -> None:
+    """Arrays ``W`` (row chunks like V's blocks; block by block for dask), ``H`` and
+    ``loss_history`` in ``group``, replacing any already there."""
+    from bignmf.executor import store
+
+    if isinstance(W, da.Array):
+        row_chunk = W.chunks[0][0]
+        W = W.rechunk((row_chunk, W.shape[1]))  # one dask block per Zarr chunk: no shared writes
+    else:
+        row_chunk = min(W.shape[0], 65536)
+    store(W, group.create_array("W", shape=W.shape, dtype=W.dtype,
+                                chunks=(row_chunk, W.shape[1]), overwrite=True))
+    group.create_array("H", shape=H.shape, dtype=H.dtype, chunks=H.shape,
+                       overwrite=True)[...] = H
+    history = np.asarray(loss_history, dtype=np.float64)
+    group.create_array("loss_history", shape=history.shape, dtype=history.dtype,
+                       chunks=(max(1, history.size),), overwrite=True)[...] = history
+
+
 def write_result(
     path: str | os.PathLike[str],
     W: Any,
@@ -171,8 +190,6 @@ def write_result(
     ``status='complete'`` last; until then ``bignmf resume`` redoes the end from the
     newest checkpoint.
     """
-    from bignmf.executor import store
-
     path = os.fspath(path)
     if in_place:
         root = zarr.open_group(path, mode="a")
@@ -185,19 +202,7 @@ def write_result(
         if os.path.exists(target):
             shutil.rmtree(target)
         root = zarr.open_group(target, mode="w")
-    if isinstance(W, da.Array):
-        row_chunk = W.chunks[0][0]
-        W = W.rechunk((row_chunk, W.shape[1]))  # one dask block per Zarr chunk: no shared writes
-    else:
-        row_chunk = min(W.shape[0], 65536)
-    W_out = root.create_array("W", shape=W.shape, dtype=W.dtype,
-                              chunks=(row_chunk, W.shape[1]), overwrite=True)
-    store(W, W_out)
-    root.create_array("H", shape=H.shape, dtype=H.dtype, chunks=H.shape,
-                      overwrite=True)[...] = H
-    history = np.asarray(loss_history, dtype=np.float64)
-    root.create_array("loss_history", shape=history.shape, dtype=history.dtype,
-                      chunks=(max(1, history.size),), overwrite=True)[...] = history
+    write_factors(root, W, H, loss_history)
     root.attrs.update({**attrs, "status": "complete"})
     if not in_place:
         if os.path.exists(path):
