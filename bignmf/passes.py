@@ -264,7 +264,6 @@ def transform_block(
     l2: float,
     max_iter: int,
     tol: float,
-    W0: str = "zeros",
 ) -> tuple[np.ndarray, Sums]:
     """Solve ``min_{W_i >= 0} ||V_i - W_i H||`` for a block with H fixed: one read of ``V_i``.
 
@@ -272,8 +271,8 @@ def transform_block(
     by no more than ``tol`` times its first change, so the answer for a row does not depend
     on which other rows share its block (scikit-learn's subset-invariance).
 
-    ``W0='zeros'`` starts from zero (HALS); ``'row_mean'`` from ``sqrt(mean(v_i) / k)``
-    per row, which multiplicative updates need (they cannot leave zero).
+    W_i starts from zero, as scikit-learn's coordinate descent does, and is solved by
+    :func:`_sweep_rows`.
 
     Returns
     -------
@@ -286,28 +285,9 @@ def transform_block(
         raise ValueError("Negative values in data passed to NMF.transform")
     k = H.shape[0]
     P = _right(V, H)
-    if W0 == "row_mean":
-        mean = np.asarray(V.mean(axis=1)).reshape(-1)
-        F = np.repeat(np.sqrt(np.maximum(mean, 0) / k)[None, :], k, axis=0).astype(V.dtype)
-    else:
-        F = np.zeros((k, V.shape[0]), dtype=V.dtype)
-    active = np.arange(V.shape[0])
-    first: np.ndarray | None = None
-    done = 0
+    F = np.zeros((k, V.shape[0]), dtype=V.dtype)
     with small_blas():
-        for done in range(1, max_iter + 1):  # noqa: B007 - the count is returned
-            Fa = F[:, active]
-            before = Fa.copy()
-            Fa, _sweeps = update(Fa, P[:, active], HHt, l1, l2, 1, 0.0)
-            F[:, active] = Fa
-            d = Fa - before
-            change = np.einsum("ij,ij->j", d, d)
-            if first is None:
-                first = change
-            going = change > (tol * tol) * first
-            active, first = active[going], first[going]
-            if not active.size:
-                break
+        F, done = _sweep_rows(update, F, P, HHt, l1, l2, max_iter, tol, None)
     return F.T.copy(), Sums(max_iter_done=done)
 
 
