@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from bignmf._version import __version__
 
 if TYPE_CHECKING:
+    from bignmf.conversion import convert
     from bignmf.estimator import NMF, NMFResult, load, nmf, non_negative_factorization
-    from bignmf.io import open_matrix
+    from bignmf.io import open_matrix, write_csr
 
 _LAZY = {
     "NMF": "bignmf.estimator",
@@ -25,10 +26,12 @@ _LAZY = {
     "non_negative_factorization": "bignmf.estimator",
     "load": "bignmf.estimator",
     "open_matrix": "bignmf.io",
+    "write_csr": "bignmf.io",
+    "convert": "bignmf.conversion",
 }
 
-__all__ = ["NMF", "NMFResult", "__version__", "load", "nmf", "non_negative_factorization",
-           "open_matrix"]
+__all__ = ["NMF", "NMFResult", "__version__", "convert", "load", "nmf",
+           "non_negative_factorization", "open_matrix", "write_csr"]
 
 
 def __getattr__(name: str) -> Any:

@@ -8,6 +8,8 @@ Commands:
 * ``bignmf resume OUT.zarr`` — continue a ``fit --checkpoint-every N`` that was killed,
   from its newest checkpoint, with the same input and options.
 * ``bignmf info OUT.zarr`` — what an output store holds (result, parameters, checkpoint).
+* ``bignmf convert SRC DST`` — a ``.mtx``/``.npz``/``.npy``/``.h5ad`` matrix (or a Zarr one)
+  to a Zarr store chunked for the fit, in bounded memory (:mod:`bignmf.conversion`).
 * ``bignmf demo`` — write a matrix larger than the workers' memory to a temporary Zarr store
   and factorize it with progress shown.
 * ``bignmf fit ... --cluster PROFILE`` — fit on the cluster a profile describes (embedded,
@@ -49,6 +51,12 @@ def _add_fit_options(p: argparse.ArgumentParser, scheduler: bool = True) -> None
                    choices=["random", "nndsvd", "nndsvda", "nndsvdar"],
                    help="initialization (default: nndsvda, as scikit-learn)")
     p.add_argument("--solver", default="cd", choices=["cd", "hals", "mu"])
+    p.add_argument("--beta-loss", default="frobenius",
+                   help="frobenius, kullback-leibler, itakura-saito or a number "
+                        "(other than frobenius: with --solver mu)")
+    p.add_argument("--missing", default=None, choices=["nan", "unstored"],
+                   help="entries that are missing, not zeros: NaN in dense input, or the "
+                        "unstored entries of sparse input (with --solver mu)")
     p.add_argument("--max-iter", type=int, default=200)
     p.add_argument("--tol", type=float, default=1e-4,
                    help="stop when the objective decreases by less than this fraction")
@@ -116,15 +124,22 @@ def fit_argv(options: dict[str, Any]) -> list[str]:
     return argv
 
 
-_FIT_OPTIONS = ("n_components", "init", "solver", "max_iter", "tol", "alpha_W", "alpha_H",
-                "l1_ratio", "random_state", "block_rows", "checkpoint_every",
-                "checkpoint_seconds")
+_FIT_OPTIONS = ("n_components", "init", "solver", "beta_loss", "missing", "max_iter", "tol",
+                "alpha_W", "alpha_H", "l1_ratio", "random_state", "block_rows",
+                "checkpoint_every", "checkpoint_seconds")
 
 
 def _estimator(options: dict[str, Any], output: str | None) -> NMF:
-    kw = {key: options[key] for key in _FIT_OPTIONS}
+    kw = {key: options.get(key) for key in _FIT_OPTIONS}  # stores of older versions lack some
+    kw["beta_loss"] = kw["beta_loss"] or "frobenius"
     if kw["alpha_H"] != "same":
         kw["alpha_H"] = float(kw["alpha_H"])
+    if kw["beta_loss"] not in ("frobenius", "kullback-leibler", "itakura-saito"):
+        try:
+            kw["beta_loss"] = float(kw["beta_loss"])
+        except ValueError:
+            raise SystemExit(f"bignmf: --beta-loss must be frobenius, kullback-leibler, "
+                             f"itakura-saito or a number; got {kw['beta_loss']!r}") from None
     checkpointing = kw["checkpoint_every"] is not None or kw["checkpoint_seconds"] is not None
     return NMF(**kw, checkpoint=output if checkpointing else None)
 
@@ -397,6 +412,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from bignmf.conversion import convert, describe
+
+    start = time.perf_counter()
+    block_bytes = int(args.block_mb * 2**20) if args.block_mb is not None else None
+    out = convert(args.source, args.target, fmt=args.format, dtype=args.dtype,
+                  block_bytes=block_bytes, overwrite=args.overwrite)
+    print(f"wrote {out}: {describe(out)} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def _job_profile(args: argparse.Namespace) -> hpc.Profile:
     return hpc.load_profile(args.profile).with_settings(
         walltime=args.walltime, queue=args.queue, account=args.account, cores=args.cores,
@@ -485,6 +511,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--worker-memory-mb", type=int, default=400)
     p_demo.add_argument("--dir", default=None, help="working folder (default: a new temp folder)")
     p_demo.set_defaults(func=cmd_demo)
+
+    p_convert = sub.add_parser("convert", help="convert a .mtx/.mtx.gz/.npz/.npy/.h5ad file "
+                                               "(or a Zarr matrix) to a Zarr store chunked "
+                                               "for the fit")
+    p_convert.add_argument("source", help="the matrix file, or a Zarr array / sparse group")
+    p_convert.add_argument("target", help="the new Zarr store (a CSR group for sparse data)")
+    p_convert.add_argument("--format", default=None,
+                           choices=["mtx", "npz", "npy", "h5ad", "zarr"],
+                           help="source format (default: from the file name)")
+    p_convert.add_argument("--dtype", default=None,
+                           help="dtype of the stored values, e.g. float32 (default: the "
+                                "source's)")
+    p_convert.add_argument("--block-mb", type=float, default=None,
+                           help="MiB per row block: the fit's chunking and the conversion's "
+                                "unit of memory (default 128)")
+    p_convert.add_argument("--overwrite", action="store_true")
+    p_convert.set_defaults(func=cmd_convert)
 
     for name, func, text in (
         ("job-script", cmd_job_script, "print the batch script of one job that runs the fit"),

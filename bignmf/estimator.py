@@ -37,10 +37,10 @@ from bignmf.checkpoint import Checkpointer, FitState
 from bignmf.executor import DaskExecutor, Eager
 from bignmf.fit import FitResult, IterationInfo, fit
 from bignmf.init import Initial, initialize, resolve_init
-from bignmf.losses import Penalty
-from bignmf.passes import transform_block
+from bignmf.losses import Penalty, beta_to_float
+from bignmf.passes import beta_transform_block, check_missing, transform_block
 from bignmf.progress import Progress
-from bignmf.solvers import SOLVER_NAMES, hals
+from bignmf.solvers import SOLVER_NAMES, hals, mu
 
 
 def _is_int(v: Any) -> bool:
@@ -70,6 +70,7 @@ _CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "verbose": (lambda v: _is_int(v) or isinstance(v, bool), "an int or a bool"),
     "shuffle": (lambda v: isinstance(v, bool | np.bool_), "a bool"),
     "inner_sweeps": (lambda v: v == "auto" or (_is_int(v) and v >= 1), "an int >= 1 or 'auto'"),
+    "missing": (lambda v: v in (None, "nan", "unstored"), "None, 'nan' or 'unstored'"),
     "block_rows": (lambda v: v is None or (_is_int(v) and v >= 1), "an int >= 1 or None"),
     "checkpoint": (lambda v: v is None or isinstance(v, (str, os.PathLike)),
                    "None or a path to a Zarr group"),
@@ -79,7 +80,7 @@ _CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 # Parameters that define the problem: a checkpoint resumes only a fit with the same ones.
 _PROBLEM_PARAMS = ("init", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio", "shuffle",
-                   "inner_sweeps", "random_state")
+                   "inner_sweeps", "random_state", "missing")
 
 
 class InvalidParameterError(ValueError, TypeError):
@@ -109,12 +110,24 @@ l1_ratio, verbose, shuffle
         relative decrease, seconds per iteration, time left). ``solver='cd'``
         (coordinate descent, i.e. HALS; also spelled
         ``'hals'``) or ``'mu'`` (multiplicative updates). ``tol`` applies to the relative
-        decrease of the objective between two iterations. This version fits the Frobenius
-        loss (``beta_loss='frobenius'``).
+        decrease of the objective between two iterations. ``beta_loss``:
+        ``'frobenius'`` (any solver), ``'kullback-leibler'``, ``'itakura-saito'`` or a float
+        beta (``solver='mu'``, scikit-learn's multiplicative updates, one pass per
+        iteration plus one at the end for the final loss). For sparse V, Frobenius and
+        Kullback-Leibler only touch the stored entries (``O(nnz k)`` per pass); other betas
+        need ``W H`` at every entry, so each sparse row block is made dense in its own task
+        (blocks are sized for that).
     inner_sweeps : int or 'auto', default='auto'
         Solver sweeps per update of each factor. Sweeps reuse the products of a pass and
         cost no I/O; ``'auto'`` repeats them while they still help (Gillis & Glineur 2012),
         at most 10. ``1`` gives scikit-learn's iterates exactly.
+    missing : None, 'nan' or 'unstored', default=None
+        Which entries of V are missing — not zeros, not fitted. ``None``: every entry is
+        data (NaN is an error). ``'nan'``: NaN entries of dense V are missing.
+        ``'unstored'``: for sparse V, only the stored entries are observed (the recommender
+        convention; a stored zero is an observed zero). The fit minimizes the loss over the
+        observed entries only (masked NMF, ``solver='mu'``, any ``beta_loss``);
+        ``reconstruction_err_`` is over them too, and ``W @ H`` predicts the missing ones.
     block_rows : int, optional
         Rows per block of V for out-of-core inputs (default: ~128 MiB blocks, fewer when the
         workers' memory limit is small).
@@ -157,6 +170,7 @@ l1_ratio, verbose, shuffle
         verbose: int = 0,
         shuffle: bool = False,
         inner_sweeps: int | str = "auto",
+        missing: str | None = None,
         block_rows: int | None = None,
         checkpoint: str | os.PathLike[str] | None = None,
         checkpoint_every: int | None = None,
@@ -175,6 +189,7 @@ l1_ratio, verbose, shuffle
         self.verbose = verbose
         self.shuffle = shuffle
         self.inner_sweeps = inner_sweeps
+        self.missing = missing
         self.block_rows = block_rows
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
@@ -189,15 +204,16 @@ l1_ratio, verbose, shuffle
                     f"The {name!r} parameter of {type(self).__name__} must be {allowed}. "
                     f"Got {value!r} instead."
                 )
-        if self.beta_loss not in ("frobenius", 2, 2.0):
-            if self.solver != "mu":
-                raise InvalidParameterError(
-                    f"Invalid beta_loss parameter: solver {self.solver!r} does not handle "
-                    f"beta_loss = {self.beta_loss!r}"
-                )
-            raise NotImplementedError(
-                f"beta_loss={self.beta_loss!r} is not available in this version of bignmf; "
-                "use beta_loss='frobenius'"
+        if beta_to_float(self.beta_loss) != 2 and self.solver != "mu":
+            raise InvalidParameterError(
+                f"Invalid beta_loss parameter: solver {self.solver!r} does not handle "
+                f"beta_loss = {self.beta_loss!r}"
+            )
+        if self.missing is not None and self.solver != "mu":
+            raise InvalidParameterError(
+                f"Invalid missing parameter: solver {self.solver!r} does not handle "
+                f"missing = {self.missing!r}; masked fits use solver='mu' (multiplicative "
+                "updates over the observed entries)"
             )
         if self.solver == "mu" and self.init == "nndsvd":
             warnings.warn(
@@ -212,12 +228,13 @@ l1_ratio, verbose, shuffle
         if io.is_out_of_core(X):
             # Metadata errors (missing store, a group, bad shape or dtype) before any
             # cluster is started.
-            source = io.open_zarr_array(X) if isinstance(X, (str, os.PathLike)) else X
+            source = io.open_source(X)  # a path or group: zarr.Array or CSRStore
             io.check_shape_dtype(source.shape, source.dtype)
             client, embedded = cluster.resolve()
-            limit = cluster.worker_memory_limit(client)
-            block_bytes = min(io.DEFAULT_BLOCK_BYTES, limit // 8) if limit else None
-            V = io.open_matrix(source, block_rows=self.block_rows, block_bytes=block_bytes)
+            block_bytes, densify = self._block_budget(
+                source, cluster.worker_memory_limit(client))
+            V = io.open_matrix(source, block_rows=self.block_rows, block_bytes=block_bytes,
+                               densify=densify)
             if reset:
                 self.n_features_in_ = V.shape[1]
                 if hasattr(self, "feature_names_in_"):
@@ -227,15 +244,35 @@ l1_ratio, verbose, shuffle
                     f"X has {V.shape[1]} features, but {type(self).__name__} is expecting "
                     f"{self.n_features_in_} features as input."
                 )
-            zarr_source = source if isinstance(source, zarr.Array) else None
+            zarr_source = source if isinstance(source, (zarr.Array, io.CSRStore)) else None
             ex = DaskExecutor(V, client, zarr_source, local=embedded)
             return ex, V.shape, V.dtype
         X = validate_data(
             self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32], reset=reset,
+            ensure_all_finite="allow-nan" if self.missing == "nan" else True,
         )
         if sp.issparse(X):
             X = sp.csr_matrix(X)
         return Eager(X), X.shape, X.dtype
+
+    def _block_budget(self, source: Any, limit: int | None) -> tuple[int, bool]:
+        """Bytes of V per row block, and whether sparse blocks are made dense in their task.
+
+        A task holds its block, Zarr's decode buffers and the kernel's temporaries:
+        Frobenius on dense blocks about 3x the block (limit / 8 per block); the
+        multiplicative updates of other losses and masks add ``W_i H`` and two ratios of
+        the block's size (limit / 16); sparse blocks, whose budget counts CSR bytes, about
+        five arrays per stored entry besides decoding (limit / 32). Without a known worker
+        limit (threads), as if it were 1 GiB. Sparse V with a beta other than 1 or 2 and
+        no mask needs ``W_i H`` everywhere: its blocks are sized as dense ones.
+        """
+        beta = beta_to_float(self.beta_loss)
+        updates = beta != 2 or self.missing is not None
+        sparse = isinstance(source, io.CSRStore) or (
+            isinstance(source, da.Array) and sp.issparse(source._meta))
+        densify = sparse and self.missing is None and beta not in (1, 2)
+        divisor = 32 if sparse and not densify else 16 if updates or densify else 8
+        return min(io.DEFAULT_BLOCK_BYTES, (limit or 2**30) // divisor), densify
 
     def _resolve_n_components(self, n_features: int, H: Any) -> int:
         if self.n_components in (None, "auto"):
@@ -298,6 +335,7 @@ l1_ratio, verbose, shuffle
         callback: Callable[[IterationInfo], None] | None = None, resume: bool = False,
     ) -> tuple[Any, np.ndarray, int, FitResult | None]:
         ex, shape, dtype = self._prepare(X, reset=update_H)
+        check_missing(ex.meta, self.missing)
         k = self._resolve_n_components(shape[1], H if (self.init == "custom" or not update_H)
                                        else None)
         if not update_H:
@@ -322,13 +360,15 @@ l1_ratio, verbose, shuffle
                     " init='custom' to use them as initialization.",
                     RuntimeWarning, stacklevel=3,
                 )
-            initial = initialize(ex, shape, dtype, k, init, self.random_state)
+            initial = initialize(ex, shape, dtype, k, init, self.random_state,
+                                 beta=beta_to_float(self.beta_loss), missing=self.missing)
         result = fit(
             ex, initial, shape=shape, dtype=dtype, solver=self.solver,
             penalty=Penalty.from_alphas(shape, self.alpha_W, self.alpha_H, self.l1_ratio),
             tol=self.tol, max_iter=self.max_iter, inner_sweeps=self.inner_sweeps,
             shuffle=self.shuffle, random_state=self.random_state, callback=callback,
             verbose=self.verbose, resume=state, checkpointer=checkpointer,
+            beta=beta_to_float(self.beta_loss), missing=self.missing,
         )
         if not result.converged and self.tol > 0:
             warnings.warn(
@@ -381,10 +421,19 @@ l1_ratio, verbose, shuffle
         H = H.astype(dtype, copy=False)
         H64 = H.astype(np.float64)
         penalty = Penalty.from_alphas(shape, self.alpha_W, self.alpha_H, self.l1_ratio)
-        outs = ex.map(
-            transform_block, ex.blocks(), nout=2, H=H, HHt=H64 @ H64.T, update=hals.update,
-            l1=penalty.l1_W, l2=penalty.l2_W, max_iter=self.max_iter, tol=self.tol,
-        )
+        beta = beta_to_float(self.beta_loss)
+        if beta == 2 and self.missing is None:
+            outs = ex.map(
+                transform_block, ex.blocks(), nout=2, H=H, HHt=H64 @ H64.T,
+                update=hals.update, l1=penalty.l1_W, l2=penalty.l2_W, max_iter=self.max_iter,
+                tol=self.tol,
+            )
+        else:
+            outs = ex.map(
+                beta_transform_block, ex.blocks(), nout=2, H=H, beta=beta,
+                gamma=mu.mm_exponent(beta), l1=penalty.l1_W, l2=penalty.l2_W,
+                missing=self.missing, max_iter=self.max_iter, tol=self.tol,
+            )
         blocks = ex.take(outs, 0)
         n_iter = self.max_iter
         if compute:
@@ -395,15 +444,22 @@ l1_ratio, verbose, shuffle
     def transform(self, X: Any) -> Any:
         """W for new data with the learned H (one pass over X; lazy for dask inputs).
 
-        Each row is a non-negative least-squares problem solved by HALS to ``tol``,
-        whatever the ``solver`` used for fitting (the problem is convex, so the answer is
-        the same; HALS gets there in fewer sweeps).
+        Frobenius loss: each row is a non-negative least-squares problem solved by HALS to
+        ``tol``, whatever the ``solver`` used for fitting (the problem is convex, so the
+        answer is the same; HALS gets there in fewer sweeps). Other beta-divergences and
+        masked fits: multiplicative updates of W with H fixed, as scikit-learn's
+        ``transform`` with ``solver='mu'`` (W starts at ``sqrt(mean(X_i) / k)`` for each
+        row block ``X_i``, and stops on ``tol`` per block; see
+        :func:`bignmf.passes.beta_transform_block`). With ``missing``, only the observed
+        entries of X are used; ``transform(X) @ components_`` predicts the missing ones.
         """
         check_is_fitted(self)
         if not io.is_out_of_core(X):
             validate_data(self, X, accept_sparse=("csr", "csc"),
-                          dtype=[np.float64, np.float32], reset=False, ensure_non_negative=True)
+                          dtype=[np.float64, np.float32], reset=False, ensure_non_negative=True,
+                          ensure_all_finite="allow-nan" if self.missing == "nan" else True)
         ex, shape, dtype = self._prepare(X, reset=False)
+        check_missing(ex.meta, self.missing)
         W, _ = self._solve_W(ex, self.components_, shape, dtype, compute=False)
         return W
 

@@ -25,7 +25,8 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-from dask.graph_manipulation import clone
+from dask._task_spec import convert_legacy_graph
+from dask.delayed import Delayed
 
 from bignmf.passes import Sums, ZarrBlock, tree_sum
 
@@ -38,6 +39,11 @@ class Eager:
     def __init__(self, V: Any) -> None:
         self.V = V
         self.row_bounds: list[tuple[int, int]] = [(0, V.shape[0])]
+
+    @property
+    def meta(self) -> Any:
+        """An object of the type of V's blocks (NumPy array or SciPy sparse matrix)."""
+        return self.V
 
     def blocks(self) -> list[Any]:
         return [self.V]
@@ -102,10 +108,6 @@ class DaskExecutor:
                  local: bool = False) -> None:
         if len(V.chunks[1]) != 1:
             raise ValueError("V must be chunked in rows only (one chunk across columns)")
-        # Fresh keys: the same V opened by another fit, a transform, or the user's own
-        # graphs may be optimized into different tasks under the same key names, which a
-        # distributed scheduler cannot reconcile (the worker waits on a stale dependency).
-        V = clone(V)
         self.V = V
         self.client = client
         self.local = local
@@ -116,7 +118,12 @@ class DaskExecutor:
             self._V_blocks: list[Any] = [ZarrBlock(source, a, b, token)
                                          for a, b in self.row_bounds]
         else:
-            self._V_blocks = list(V.to_delayed(optimize_graph=True).ravel())
+            self._V_blocks = _fresh_blocks(V)
+
+    @property
+    def meta(self) -> Any:
+        """An empty object of the type of V's blocks (NumPy array or SciPy sparse matrix)."""
+        return self.V._meta
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -209,6 +216,29 @@ class DaskExecutor:
             W = W.rechunk((self.V.chunks[0], W.shape[1]))
             return list(W.to_delayed().ravel())
         return self.put([np.asarray(W[a:b]) for a, b in self.row_bounds])
+
+
+def _fresh_blocks(V: da.Array) -> list[Delayed]:
+    """V's row blocks as delayed objects of an optimized copy of V's graph whose keys are
+    all new.
+
+    Fresh keys: the same V opened by another fit, a transform, or the user's own graphs
+    may be optimized into different tasks under the same key names, which a distributed
+    scheduler cannot reconcile (the worker waits on a stale dependency). Renaming every key
+    of the optimized low-level graph does what ``dask.graph_manipulation.clone`` does, and
+    also for graphs that ``clone`` breaks (dask 2026.8: a rechunked array loses the
+    rechunk's inputs).
+    """
+    (optimized,) = dask.optimize(V)
+    graph = convert_legacy_graph(dict(optimized.__dask_graph__()))
+    tag = uuid.uuid4().hex
+
+    def fresh(key: Any) -> Any:
+        return (f"{key[0]}-{tag}", *key[1:]) if isinstance(key, tuple) else f"{key}-{tag}"
+
+    new = {key: fresh(key) for key in graph}
+    renamed = {new[key]: node.substitute(new, key=new[key]) for key, node in graph.items()}
+    return [Delayed(new[key], renamed) for key in dask.core.flatten(optimized.__dask_keys__())]
 
 
 def store(array: Any, target: Any) -> None:

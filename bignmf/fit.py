@@ -27,9 +27,9 @@ from sklearn.utils import check_random_state
 
 from bignmf.checkpoint import Checkpointer, FitState
 from bignmf.init import Initial, check_stats
-from bignmf.losses import Penalty, frobenius_sq, objective
-from bignmf.passes import Sums, frobenius_step
-from bignmf.solvers import get_solver, small_blas
+from bignmf.losses import Penalty, beta_error, frobenius_sq, objective
+from bignmf.passes import TINY, Sums, beta_step, frobenius_step
+from bignmf.solvers import get_solver, mu, small_blas
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ def fit(
     verbose: int = 0,
     resume: FitState | None = None,
     checkpointer: Checkpointer | None = None,
+    beta: float = 2.0,
+    missing: str | None = None,
 ) -> FitResult:
     """Alternate W and H updates until ``tol`` or ``max_iter``; see the module docstring.
 
@@ -108,6 +110,12 @@ def fit(
     pass fails because the cluster lost data (a worker died holding blocks of W), the fit
     goes back to the newest checkpoint and redoes the iterations since: the result is the
     same as without the failure.
+
+    ``beta`` other than 2, or ``missing`` entries, take the multiplicative updates of
+    :func:`bignmf.passes.beta_step` (``solver='mu'``): still one pass per iteration, whose
+    loss is that of the iterate before it (the pass forms ``W H`` for the update anyway); one
+    extra pass at the end gives the final loss. ``loss_history`` has the same meaning in
+    both cases: the objective before the first iteration and after each.
     """
     m, n = shape
     k = initial.H.shape[0]
@@ -121,20 +129,25 @@ def fit(
     sweeps_H = auto_sweeps(inner_sweeps, m / k)
     sweep_tol = SWEEP_TOL if inner_sweeps == "auto" else 0.0
 
+    frobenius = beta == 2 and missing is None
     W_blocks, H, stats = initial.W_blocks, initial.H, initial.stats
     history: list[float] = []
-    previous, loss_sq, converged = np.inf, np.nan, False
+    loss_sq, converged = np.nan, False
     it = 1
 
     def restore(state: FitState) -> None:
-        nonlocal W_blocks, H, stats, history, previous, loss_sq, converged, it
+        nonlocal W_blocks, H, stats, history, loss_sq, converged, it
         W_blocks = ex.split(state.W)
         H = np.asarray(state.H, dtype=dtype)
         stats = Sums(state.stats) if state.stats else None
         history = list(state.history)
-        previous = history[-1] if history else np.inf
         loss_sq = float(state.extra.get("loss_sq", np.nan))
         converged = bool(state.extra.get("converged", False))
+        if not frobenius and not converged:
+            # A beta fit learns the loss of iterate t in pass t + 1; a checkpoint written at
+            # the end of a fit (max_iter) also has the extra pass's value, which the next
+            # pass recomputes.
+            history = history[: state.iteration]
         it = state.iteration + 1
         if rng is not None and state.rng_state is not None:
             rng.set_state(state.rng_state)
@@ -164,59 +177,97 @@ def fit(
                        "checkpoint of iteration %d", it, err, saved.iteration)
         restore(saved)
 
+    gamma = mu.mm_exponent(beta)
+    beta_kw = dict(beta=beta, gamma=gamma, missing=missing)
+
+    def beta_loss_pass() -> Sums:
+        """The divergence of the current W, H: one pass (only at the end of a fit)."""
+        outs = ex.map(beta_step, ex.blocks(), W_blocks, nout=2, H=H, update_W=False,
+                      partials=False, **beta_kw)
+        return ex.run([], ex.total(ex.take(outs, 1)))[1]
+
     start = time.perf_counter()
     while it <= max_iter and not converged:
         t0 = time.perf_counter()
-        H64 = H.astype(np.float64)
-        HHt = H64 @ H64.T
-        order_W = rng.permutation(k) if rng is not None else None
-        order_H = rng.permutation(k) if rng is not None else None
-        outs = ex.map(
-            frobenius_step, ex.blocks(), W_blocks, nout=2,
-            H=H, HHt=HHt, update=update, l1=penalty.l1_W, l2=penalty.l2_W,
-            max_sweeps=sweeps_W, sweep_tol=sweep_tol, order=order_W,
-            initial_loss=not history, stats=stats is None,
-        )
+        first = not history
+        H_old = H
+        if frobenius:
+            H64 = H.astype(np.float64)
+            HHt = H64 @ H64.T
+            order_W = rng.permutation(k) if rng is not None else None
+            order_H = rng.permutation(k) if rng is not None else None
+            outs = ex.map(
+                frobenius_step, ex.blocks(), W_blocks, nout=2,
+                H=H, HHt=HHt, update=update, l1=penalty.l1_W, l2=penalty.l2_W,
+                max_sweeps=sweeps_W, sweep_tol=sweep_tol, order=order_W,
+                initial_loss=first, stats=stats is None,
+            )
+        else:
+            outs = ex.map(beta_step, ex.blocks(), W_blocks, nout=2, H=H, l1=penalty.l1_W,
+                          l2=penalty.l2_W, stats=stats is None, **beta_kw)
         try:
             W_blocks, sums = ex.run(ex.take(outs, 0), ex.total(ex.take(outs, 1)))
         except Exception as err:
             recover(err)
             continue
         if stats is None:
-            check_stats(sums)
+            check_stats(sums, beta=beta)
             stats = sums
-        sq_norm_V = float(stats["sumsq"])
-        if not history:
-            loss0 = max(sq_norm_V - 2.0 * sums["cross0"] + float(np.vdot(sums["WtW0"], HHt)), 0.0)
-            history.append(objective(
-                loss0, penalty, float(sums["W_sum0"].sum()), float(np.trace(sums["WtW0"])), H))
-            previous = history[0]
-        with small_blas():
-            H, _ = update(
-                H.copy(), sums["WtV"].astype(H.dtype, copy=False), sums["WtW"],
-                penalty.l1_H, penalty.l2_H, sweeps_H, sweep_tol, order_H,
-            )
-        loss_sq = frobenius_sq(sq_norm_V, sums["WtV"], sums["WtW"], H)
-        W_sum, W_sq = float(sums["W_sum"].sum()), float(np.trace(sums["WtW"]))
-        obj = objective(loss_sq, penalty, W_sum, W_sq, H)
-        history.append(obj)
-        decrease = (previous - obj) / previous if previous > 0 else 0.0
+        if frobenius:
+            sq_norm_V = float(stats["sumsq"])
+            if first:
+                loss0 = max(sq_norm_V - 2.0 * sums["cross0"]
+                            + float(np.vdot(sums["WtW0"], HHt)), 0.0)
+                history.append(objective(loss0, penalty, float(sums["W_sum0"].sum()),
+                                         float(np.trace(sums["WtW0"])), H))
+            with small_blas():
+                H, _ = update(
+                    H.copy(), sums["WtV"].astype(H.dtype, copy=False), sums["WtW"],
+                    penalty.l1_H, penalty.l2_H, sweeps_H, sweep_tol, order_H,
+                )
+            loss_sq = frobenius_sq(sq_norm_V, sums["WtV"], sums["WtW"], H)
+            W_sum, W_sq = float(sums["W_sum"].sum()), float(np.trace(sums["WtW"]))
+            history.append(objective(loss_sq, penalty, W_sum, W_sq, H))
+        else:
+            # The pass measured the iterate before it (W and H as they came in).
+            loss_sq = beta_error(sums["div0"]) ** 2
+            history.append(float(sums["div0"]) + penalty.value(
+                float(sums["W_sum0"].sum()), sums["W_sq0"], H_old))
+            denominator = sums.get("den_H")
+            if denominator is None:  # Kullback-Leibler: W's column sums
+                W_sum = sums["W_sum"].copy()
+                W_sum[W_sum == 0] = 1.0
+                denominator = W_sum[:, None]
+            H = mu.beta_update(H, sums["num_H"], denominator, penalty.l1_H, penalty.l2_H,
+                               gamma)
+            if beta <= 1:
+                H[H < TINY] = 0.0
+        decrease = _decrease(history)
+        converged = history[-1] <= 0 or (tol > 0 and decrease < tol)
+        if not frobenius and (converged or it == max_iter):
+            try:
+                last = beta_loss_pass()
+            except Exception as err:
+                recover(err)
+                continue
+            loss_sq = beta_error(last["div0"]) ** 2
+            history.append(float(last["div0"]) + penalty.value(
+                float(last["W_sum0"].sum()), last["W_sq0"], H))
+            decrease = _decrease(history)
         now = time.perf_counter()
-        info = IterationInfo(it, max_iter, obj, float(np.sqrt(loss_sq)), decrease, now - t0,
-                             now - start)
+        info = IterationInfo(it, max_iter, history[-1], float(np.sqrt(loss_sq)), decrease,
+                             now - t0, now - start)
         logger.log(logging.INFO if verbose else logging.DEBUG,
                    "iteration %d: objective %.6g, relative decrease %.3g, %.3fs",
-                   it, obj, decrease, info.seconds)
+                   it, history[-1], decrease, info.seconds)
         if callback is not None:
             callback(info)
-        converged = obj <= 0 or (tol > 0 and decrease < tol)
         if checkpointer is not None and (converged or it == max_iter or checkpointer.due(it)):
             try:
                 save(it)
             except Exception as err:
                 recover(err)
                 continue
-        previous = obj
         recoveries = 0
         it += 1
     it -= 1
@@ -225,3 +276,13 @@ def fit(
         reconstruction_err=float(np.sqrt(loss_sq)), loss_history=history,
         stats=dict(stats or {}),
     )
+
+
+def _decrease(history: list[float]) -> float:
+    """Relative decrease of the objective over the last iteration (inf before there are
+    two values: a beta-divergence fit learns its first loss with its first pass)."""
+    if len(history) < 2:
+        return np.inf
+    before, after = history[-2], history[-1]
+    return (before - after) / before if before > 0 else 0.0
+

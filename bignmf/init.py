@@ -40,15 +40,28 @@ class Initial:
     passes: int
 
 
-def check_stats(stats: Sums, what: str = "NMF (input X)") -> None:
-    """Raise for NaN/inf or negative values found by the first pass."""
+def check_stats(stats: Sums, what: str = "NMF (input X)", beta: float = 2.0) -> None:
+    """Raise for NaN/inf or negative values found by the first pass, and for zeros when
+    the loss cannot take them (beta <= 0, as scikit-learn)."""
     if stats["nonfinite"]:
         raise ValueError(
             f"Input X contains NaN or infinity ({stats['nonfinite']} value(s)); "
-            f"{what} must be finite"
+            f"{what} must be finite (to fit only the observed entries, mark the missing "
+            "ones as NaN and pass missing='nan')"
         )
     if stats["min"] < 0:
         raise ValueError(f"Negative values in data passed to {what}: minimum is {stats['min']:g}")
+    if beta <= 0 and stats["min"] == 0:
+        raise ValueError(
+            "When beta_loss <= 0 and X contains zeros, the solver may diverge. Please add "
+            "small values to X, or use a positive beta_loss.")
+    if not stats.get("observed", 1):
+        raise ValueError(f"{what} has no observed entries: every entry is missing")
+
+
+def _mean(stats: Sums, shape: tuple[int, int]) -> float:
+    """Mean of the observed entries of V (all of them without missing entries)."""
+    return float(stats["sum"]) / float(stats.get("observed", shape[0] * shape[1]))
 
 
 def resolve_init(init: str | None, n_components: int, shape: tuple[int, int]) -> str:
@@ -66,21 +79,26 @@ def resolve_init(init: str | None, n_components: int, shape: tuple[int, int]) ->
 
 def initialize(
     ex: Any, shape: tuple[int, int], dtype: np.dtype, n_components: int, init: str,
-    random_state: Any,
+    random_state: Any, *, beta: float = 2.0, missing: str | None = None,
 ) -> Initial:
-    """Initial ``W`` (as blocks on the executor) and ``H`` for a resolved ``init``."""
+    """Initial ``W`` (as blocks on the executor) and ``H`` for a resolved ``init``.
+
+    With ``missing`` entries, the mean of V is that of the observed entries and the
+    sketch of the NNDSVD family takes the missing ones as zeros.
+    """
     if init == "random":
-        return _random(ex, shape, dtype, n_components, random_state)
+        return _random(ex, shape, dtype, n_components, random_state, beta, missing)
     if init in ("nndsvd", "nndsvda", "nndsvdar"):
-        return _nndsvd(ex, shape, dtype, n_components, init, random_state)
+        return _nndsvd(ex, shape, dtype, n_components, init, random_state, beta, missing)
     raise ValueError(f"Invalid init {init!r}")
 
 
-def _random(ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int, random_state: Any) -> Initial:
-    _, stats = ex.run([], ex.total(ex.map(block_stats, ex.blocks())))
-    check_stats(stats)
-    m, n = shape
-    avg = np.sqrt(stats["sum"] / (m * n) / k)
+def _random(ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int, random_state: Any,
+            beta: float, missing: str | None) -> Initial:
+    _, stats = ex.run([], ex.total(ex.map(block_stats, ex.blocks(), missing=missing)))
+    check_stats(stats, beta=beta)
+    n = shape[1]
+    avg = np.sqrt(_mean(stats, shape) / k)
     rng = check_random_state(random_state)
     H = np.abs(avg * rng.standard_normal(size=(k, n)).astype(dtype, copy=False))
     W_parts = [
@@ -91,7 +109,8 @@ def _random(ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int, random_sta
 
 
 def _nndsvd(
-    ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int, init: str, random_state: Any
+    ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int, init: str, random_state: Any,
+    beta: float, missing: str | None,
 ) -> Initial:
     m, n = shape
     rng = check_random_state(random_state)
@@ -99,13 +118,14 @@ def _nndsvd(
     Omega = rng.standard_normal(size=(n, width))
 
     # Pass 1: Z = V^T V Omega (and the checks).
-    _, sums = ex.run([], ex.total(ex.map(sketch_block, ex.blocks(), Omega=Omega)))
-    check_stats(sums)
+    _, sums = ex.run([], ex.total(ex.map(sketch_block, ex.blocks(), Omega=Omega,
+                                         missing=missing)))
+    check_stats(sums, beta=beta)
     stats = Sums({key: v for key, v in sums.items() if key != "Z"})
     Q, _ = np.linalg.qr(sums["Z"])
 
     # Pass 2: C = V Q (kept where computed) and C^T C.
-    outs = ex.map(project_block, ex.blocks(), nout=2, Q=Q)
+    outs = ex.map(project_block, ex.blocks(), nout=2, Q=Q, missing=missing)
     C_blocks, total = ex.run(ex.take(outs, 0), ex.total(ex.take(outs, 1)))
     CtC = total["CtC"]
 
@@ -143,7 +163,7 @@ def _nndsvd(
 
     eps = 1e-6
     H[eps > H] = 0
-    mean = stats["sum"] / (m * n)
+    mean = _mean(stats, shape)
     if init == "nndsvda":
         H[H == 0] = mean
     elif init == "nndsvdar":

@@ -4,6 +4,10 @@
 blocks of ``k x n`` or ``k x k`` products that the iteration forms anyway, so the loss of each
 iteration costs no pass over V (the approach of tensorly's ``hals_nnls`` and of
 scikit-learn's sparse Frobenius loss). The sums are accumulated in float64.
+
+Other beta-divergences (Kullback-Leibler, Itakura-Saito, any float beta) have no such
+expansion: their value is summed by the block kernels from ``W H`` evaluated where V is
+(:func:`bignmf.passes.beta_step`), in the same pass that updates W.
 """
 
 from __future__ import annotations
@@ -11,6 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+#: ``beta_loss`` names and their beta, as scikit-learn.
+BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
+
+
+def beta_to_float(beta_loss: str | float) -> float:
+    """The beta of a ``beta_loss`` name or number."""
+    if isinstance(beta_loss, str):
+        return BETA_LOSSES[beta_loss]
+    return float(beta_loss)
 
 
 @dataclass(frozen=True)
@@ -62,3 +76,9 @@ def frobenius_sq(sq_norm_V: float, WtV: np.ndarray, WtW: np.ndarray, H: np.ndarr
 def objective(loss_sq: float, penalty: Penalty, W_sum: float, W_sq: float, H: np.ndarray) -> float:
     """scikit-learn's NMF objective: ``0.5 ||V - WH||^2`` plus the penalties."""
     return 0.5 * loss_sq + penalty.value(W_sum, W_sq, H)
+
+
+def beta_error(divergence: float) -> float:
+    """scikit-learn's ``reconstruction_err_`` for a beta-divergence: ``sqrt(2 D)``
+    (for beta = 2 this is ``||V - W H||_F``)."""
+    return float(np.sqrt(2.0 * max(divergence, 0.0)))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from bignmf.solvers import small_blas
+from bignmf.solvers import mu, small_blas
 
 
 def _combine(key: str) -> Callable[[Any, Any], Any]:
@@ -68,8 +68,10 @@ class ZarrBlock:
     #: that was stored at the same path earlier (the data itself is not hashed).
     token: str = ""
 
-    def read(self) -> np.ndarray:
-        return np.asarray(self.array[self.start : self.stop])
+    def read(self) -> Any:
+        """The rows as a NumPy array, or a SciPy CSR matrix for a sparse store."""
+        block = self.array[self.start : self.stop]
+        return block if sp.issparse(block) else np.asarray(block)
 
     def __dask_tokenize__(self) -> tuple[str, str, int, int, str]:
         return ("bignmf.ZarrBlock", str(self.array.store_path), self.start, self.stop,
@@ -92,6 +94,15 @@ def _as_compute_block(V: Any) -> Any:
     return V
 
 
+def _zero_filled(V: Any, missing: str | None) -> Any:
+    """V with its missing entries as zeros (a copy only when NaN marks them)."""
+    if missing == "nan" and not sp.issparse(V):
+        nan = np.isnan(V)
+        if nan.any():
+            V = np.where(nan, V.dtype.type(0), V)
+    return V
+
+
 def _right(V: Any, B: np.ndarray) -> np.ndarray:
     """``B @ V.T`` of shape (k, r), C-contiguous, for a dense or sparse block ``V`` (r, n).
 
@@ -108,44 +119,65 @@ def _left(F: np.ndarray, V: Any) -> np.ndarray:
     return np.ascontiguousarray((V.T @ F.T).T)
 
 
-def block_stats(V: Any) -> Sums:
+#: How missing entries are marked: ``None`` (none are; NaN is an error), ``"nan"`` (NaN
+#: entries of dense V), ``"unstored"`` (for sparse V, every entry that is not stored).
+MISSING = (None, "nan", "unstored")
+
+
+def check_missing(V: Any, missing: str | None) -> None:
+    """Raise if ``missing`` does not apply to this kind of block."""
+    if missing == "unstored" and not sp.issparse(V):
+        raise ValueError("missing='unstored' applies to sparse input (only stored entries are "
+                         "observed); for dense input mark missing entries as NaN and pass "
+                         "missing='nan'")
+    if missing == "nan" and sp.issparse(V):
+        raise ValueError("missing='nan' applies to dense input; for sparse input store only "
+                         "the observed entries and pass missing='unstored'")
+
+
+def block_stats(V: Any, missing: str | None = None) -> Sums:
     """What the first pass learns about a block: checks and moments.
 
-    ``nonfinite`` counts NaN/inf, ``min``/``max`` bound the values, ``sum`` and ``sumsq``
-    give the mean and ``||V||^2`` (float64), ``nnz`` the stored non-zeros.
+    ``nonfinite`` counts NaN/inf (only inf when NaN marks missing entries), ``min``/``max``
+    bound the observed values, ``sum`` and ``sumsq`` give their mean and square norm
+    (float64), ``observed`` counts them, ``nnz`` counts the non-zeros.
     """
     V = _as_compute_block(V)
+    check_missing(V, missing)
     with small_blas():
-        return _block_stats(V)
+        return _block_stats(V, missing)
 
 
-def _block_stats(V: Any) -> Sums:
-    values = V.data if sp.issparse(V) else V.reshape(-1)
+def _block_stats(V: Any, missing: str | None = None) -> Sums:
     n_rows, n_cols = V.shape
-    nonfinite = int(values.size - np.count_nonzero(np.isfinite(values)))
-    out = Sums(
-        rows=n_rows,
-        nonfinite=nonfinite,
-        nnz=int(np.count_nonzero(values)),
-        sum=0.0,
-        sumsq=0.0,
-        min=np.inf,
-        max=-np.inf,
-    )
-    if values.size:
-        out["min"] = float(values.min())
-        out["max"] = float(values.max())
-        if sp.issparse(V) and values.size < n_rows * n_cols:
-            out["min"] = min(out["min"], 0.0)
-            out["max"] = max(out["max"], 0.0)
-        # float64 accumulation in slices keeps memory at one slice beyond the block.
-        step = 1 << 20
-        for start in range(0, values.size, step):
-            s = values[start : start + step].astype(np.float64)
-            out["sum"] += float(s.sum())
-            out["sumsq"] += float(s @ s)
-    elif n_rows * n_cols:  # an all-zero sparse block
+    sparse = sp.issparse(V)
+    values = V.data if sparse else V.reshape(-1)
+    # Entries of V that count but are not in ``values``: a sparse block's unstored zeros.
+    implicit_zeros = n_rows * n_cols - values.size if sparse and missing is None else 0
+    out = Sums(rows=n_rows, nonfinite=0, nnz=0, observed=implicit_zeros, sum=0.0, sumsq=0.0,
+               min=np.inf, max=-np.inf)
+    if implicit_zeros:
         out["min"] = out["max"] = 0.0
+    # float64 accumulation in slices keeps memory at one slice beyond the block.
+    step = 1 << 20
+    for start in range(0, values.size, step):
+        s = values[start : start + step]
+        if missing == "nan":
+            s = s[~np.isnan(s)]
+        finite = np.isfinite(s)
+        n_bad = int(s.size - np.count_nonzero(finite))
+        out["nonfinite"] += n_bad
+        if n_bad:
+            s = s[finite]
+        out["observed"] += int(s.size)
+        if not s.size:
+            continue
+        out["nnz"] += int(np.count_nonzero(s))
+        out["min"] = min(out["min"], float(s.min()))
+        out["max"] = max(out["max"], float(s.max()))
+        s = s.astype(np.float64)
+        out["sum"] += float(s.sum())
+        out["sumsq"] += float(s @ s)
     return out
 
 
@@ -299,23 +331,323 @@ def _min_value(V: Any) -> float:
     return m
 
 
-def sketch_block(V: Any, Omega: np.ndarray, *, stats: bool = True) -> Sums:
+def sketch_block(
+    V: Any, Omega: np.ndarray, *, stats: bool = True, missing: str | None = None
+) -> Sums:
     """``V_i^T (V_i Omega)`` (n x l): one power step of a randomized range finder, per block.
 
     Summed over blocks it is ``V^T V Omega``, whose span approximates the top right
-    singular subspace of V as one power iteration would, in a single pass.
+    singular subspace of V as one power iteration would, in a single pass. Missing
+    entries count as zeros here.
     """
     V = _as_compute_block(V)
-    out = block_stats(V) if stats else Sums()
+    out = block_stats(V, missing) if stats else Sums()
     if out.get("nonfinite"):  # the caller raises from the stats; NaN/inf products only warn
         return out
+    V = _zero_filled(V, missing)
     Y = (V @ Omega.astype(V.dtype, copy=False))
     out["Z"] = _left(np.ascontiguousarray(Y.T), V).T.astype(np.float64, copy=False)
     return out
 
 
-def project_block(V: Any, Q: np.ndarray) -> tuple[np.ndarray, Sums]:
+def project_block(V: Any, Q: np.ndarray, *, missing: str | None = None
+                  ) -> tuple[np.ndarray, Sums]:
     """``C_i = V_i Q`` (r x l) and its Gram ``C_i^T C_i``: the second pass of the sketch."""
-    V = _as_compute_block(V)
+    V = _zero_filled(_as_compute_block(V), missing)
     C = np.asarray(V @ Q.astype(V.dtype, copy=False), dtype=np.float64)
     return C, Sums(CtC=C.T @ C)
+
+
+# ---------------------------------------------------------------------------------------
+# Beta-divergences and missing entries: multiplicative updates (scikit-learn's solver='mu')
+
+#: scikit-learn's guard against division by zero and negative powers of zero.
+EPSILON = float(np.finfo(np.float32).eps)
+#: Factor entries below this are set to zero for beta < 1 (W) and beta <= 1 (H), as in
+#: scikit-learn, "for stability".
+TINY = float(np.finfo(np.float64).eps)
+
+
+def beta_step(
+    V: Any,
+    W: np.ndarray,
+    H: np.ndarray,
+    *,
+    beta: float,
+    gamma: float = 1.0,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    missing: str | None = None,
+    update_W: bool = True,
+    partials: bool = True,
+    stats: bool = False,
+) -> tuple[np.ndarray, Sums]:
+    """One fused multiplicative-update iteration on a row block, for any beta-divergence
+    and for masked (missing-entry) problems: reads ``V_i`` once.
+
+    With ``L = W_i H`` (the incoming factors), the block's divergence ``D(V_i | L)`` (over
+    the observed entries) is summed — the objective of the previous iterate, which costs
+    nothing extra because the update needs ``L`` anyway. Then::
+
+        W_i <- W_i * ((M*V*L^(b-2)) H^T / ((M*L^(b-1)) H^T + l1 + l2 W_i)) ** gamma
+        L'   = W_i H
+        num_H += W_i^T (M*V*L'^(b-2)) ;  den_H += W_i^T (M*L'^(b-1))
+
+    (``M`` the mask of observed entries, all ones without ``missing``), exactly the steps of
+    scikit-learn's ``_multiplicative_update_w`` and, summed over blocks, of
+    ``_multiplicative_update_h``. Kullback-Leibler (beta = 1) without a mask needs no
+    ``den_H``: it is ``colsum(W)``, returned as ``W_sum``.
+
+    Costs: for a dense block, ``L`` and ``L'`` are ``r x n`` (four GEMMs of ``2 r n k`` and
+    about four block-sized temporaries). For a sparse block with beta = 1, or with
+    ``missing='unstored'`` and any beta, everything is evaluated at the stored entries only:
+    ``O(nnz k)`` time and memory, ``W H`` is never formed. A sparse block with another beta
+    and no mask needs ``W_i H`` at every entry: the block is made dense, in its own task
+    (size the blocks for it: ``open_matrix(..., densify=True)``).
+
+    Parameters
+    ----------
+    V : ndarray or CSR matrix of shape (r, n)
+    W : ndarray of shape (r, k)
+    H : ndarray of shape (k, n)
+    beta, gamma : float
+        The divergence and the exponent of the update (:func:`bignmf.solvers.mu.mm_exponent`).
+    l1, l2 : float
+        scikit-learn's scaled penalties on W.
+    missing : None, 'nan' or 'unstored'
+        Which entries are missing (see :data:`MISSING`); they take no part in the fit.
+    update_W, partials : bool
+        ``update_W=False`` keeps ``W_i``; ``partials=False`` skips the sums for H (a pass
+        that only evaluates the loss).
+    stats : bool
+        Also return :func:`block_stats`.
+
+    Returns
+    -------
+    W_new : ndarray of shape (r, k)
+    sums : Sums
+        ``div0`` (the block's divergence before the update), ``W_sum0``, ``W_sq0``;
+        ``num_H`` and ``den_H`` (or ``W_sum``) when ``partials``; the stats if asked.
+    """
+    V = _as_compute_block(V)
+    check_missing(V, missing)
+    out = block_stats(V, missing) if stats else Sums()
+    if out.get("nonfinite"):
+        return W, out
+    block = _Observed(V, missing, beta)
+    W = np.asarray(W, dtype=V.dtype)
+    H = np.asarray(H, dtype=V.dtype)
+    with small_blas():
+        L = block.evaluate(W, H)
+        out["div0"] = block.divergence(L, W, H)
+        W64 = W.astype(np.float64)
+        out["W_sum0"] = W64.sum(axis=0)
+        out["W_sq0"] = float(np.vdot(W64, W64))
+        if update_W:
+            num, den = block.ratios(L)
+            numerator = block.times(num, H.T)
+            denominator = (H.sum(axis=1)[None, :] if den is None else block.times(den, H.T))
+            W = mu.beta_update(W, numerator, denominator, l1, l2, gamma)
+            if beta < 1:  # scikit-learn: necessary for stability with beta_loss < 1
+                W[W < TINY] = 0.0
+        if partials:
+            num, den = block.ratios(block.evaluate(W, H))
+            out["num_H"] = block.times_left(W, num)
+            if den is None:
+                out["W_sum"] = W.sum(axis=0, dtype=np.float64)
+            else:
+                out["den_H"] = block.times_left(W, den)
+    return W, out
+
+
+class _Observed:
+    """A block of V with what the multiplicative updates need to know about its entries:
+    where they are observed, and whether ``W H`` is formed densely or only at the stored
+    entries of a sparse block (``self.pattern``)."""
+
+    def __init__(self, V: Any, missing: str | None, beta: float) -> None:
+        self.beta = beta
+        self.mask: np.ndarray | None = None
+        self.pattern = sp.issparse(V) and (missing == "unstored" or beta == 1)
+        if sp.issparse(V) and not self.pattern:
+            V = V.toarray()  # beta not in (1, 2) without a mask: W H is needed everywhere
+        if missing == "nan" and not self.pattern:
+            nan = np.isnan(V)
+            if nan.any():
+                self.mask = ~nan
+                V = np.where(nan, V.dtype.type(0), V)
+        self.V = V
+        self.masked = missing is not None
+        self.x = V.data if self.pattern else V
+
+    def evaluate(self, W: np.ndarray, H: np.ndarray) -> np.ndarray:
+        """``W H`` at the stored entries (pattern) or everywhere (dense)."""
+        if self.pattern:
+            return _values_at(self.V, W, H)
+        return W @ H
+
+    def ratios(self, L: np.ndarray) -> tuple[Any, Any]:
+        """``M * V * L^(beta-2)`` and ``M * L^(beta-1)`` (None when it is all ones and
+        the caller uses row/column sums instead), as in scikit-learn (clipping at
+        EPSILON where a negative power is taken)."""
+        beta, x = self.beta, self.x
+        Ls = np.maximum(L, EPSILON) if beta < 2 else L
+        if beta == 1:
+            num = x / Ls
+        elif beta == 2:
+            num = x
+        elif beta == 0:
+            num = x / (Ls * Ls)
+        else:
+            num = x * Ls ** (beta - 2)
+        if beta == 1:  # all ones without a mask: the caller uses row/column sums of H, W
+            den = (np.ones_like(L) if self.pattern and self.masked else self.mask)
+        else:
+            Lc = np.maximum(L, EPSILON) if beta < 1 else L
+            den = Lc if beta == 2 else Lc ** (beta - 1)
+            if self.mask is not None:
+                den = den * self.mask
+        if self.mask is not None and beta != 1:
+            num = num * self.mask
+        return self._wrap(num), None if den is None else self._wrap(den)
+
+    def _wrap(self, values: Any) -> Any:
+        if not self.pattern:
+            return np.asarray(values, dtype=self.V.dtype)
+        V = self.V
+        return sp.csr_matrix((np.asarray(values, dtype=V.dtype), V.indices, V.indptr),
+                             shape=V.shape)
+
+    def times(self, A: Any, B: np.ndarray) -> np.ndarray:
+        """``A @ B`` for a (sparse or dense) r x n ``A`` and n x k ``B``."""
+        return np.asarray(A @ B)
+
+    def times_left(self, W: np.ndarray, A: Any) -> np.ndarray:
+        """``W^T A`` (k x n) in float64, formed in BLAS's fast layout."""
+        return _left(np.ascontiguousarray(W.T), A).astype(np.float64, copy=False)
+
+    def divergence(self, L: np.ndarray, W: np.ndarray, H: np.ndarray) -> float:
+        """``D_beta(V_i | W_i H)`` over the observed entries, as scikit-learn's
+        ``_beta_divergence`` (entries of V at most EPSILON drop out of the terms in V,
+        ``W H`` is clipped at EPSILON where divided by)."""
+        beta = self.beta
+        x = self.x.reshape(-1) if not self.pattern else self.x
+        Lf = np.asarray(L).reshape(-1)
+        observed = None if self.mask is None else self.mask.reshape(-1)
+        if beta == 2:
+            d = x - Lf
+            if observed is not None:
+                d = d[observed]
+            d = d.astype(np.float64)
+            return 0.5 * float(d @ d)
+        # Sum of W H (or its beta-th power) over the observed entries.
+        if self.pattern and not self.masked:  # KL on all entries of a sparse block
+            total = float(W.sum(axis=0, dtype=np.float64) @ H.sum(axis=1, dtype=np.float64))
+            n_obs = float(self.V.shape[0] * self.V.shape[1])
+        else:
+            Lo = Lf if observed is None else Lf[observed]
+            n_obs = float(Lo.size)
+            if beta == 1:
+                total = float(Lo.sum(dtype=np.float64))
+            elif beta == 0:
+                total = 0.0
+            else:
+                total = float((Lo.astype(np.float64) ** beta).sum())
+        # The terms in V, over slices of the entries (float64 temporaries stay small).
+        s_log = s_x = s_ratio = s_pow = s_cross = 0.0
+        step = 1 << 20
+        for a in range(0, x.size, step):
+            xa, La = x[a : a + step], Lf[a : a + step]
+            keep = xa > EPSILON
+            xs = xa[keep].astype(np.float64)
+            Ls = np.maximum(La[keep].astype(np.float64), EPSILON)
+            if beta == 1:
+                s_log += float(xs @ np.log(xs / Ls))
+                s_x += float(xs.sum())
+            elif beta == 0:
+                ratio = xs / Ls
+                s_ratio += float(ratio.sum())
+                s_log += float(np.log(ratio).sum())
+            else:
+                s_pow += float((xs**beta).sum())
+                s_cross += float(xs @ Ls ** (beta - 1))
+        if beta == 1:
+            return s_log - s_x + total
+        if beta == 0:
+            return s_ratio - n_obs - s_log
+        return (s_pow - beta * s_cross + (beta - 1) * total) / (beta * (beta - 1))
+
+
+def _values_at(V: sp.csr_matrix, W: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """``(W H)[i, j]`` at the stored entries of ``V`` (in ``V.data``'s order): ``O(nnz k)``
+    time; beyond the result, memory for one slice of about ``2**22 / k`` entries."""
+    out = np.empty(V.indices.size, dtype=np.result_type(W, H))
+    Ht = np.ascontiguousarray(H.T)
+    indptr = V.indptr
+    step = max(1, (1 << 22) // max(1, W.shape[1]))
+    row = 0
+    while row < V.shape[0]:
+        # Rows row:stop hold about ``step`` entries (at least one row).
+        stop = max(row + 1, int(np.searchsorted(indptr, indptr[row] + step, side="right")) - 1)
+        stop = min(stop, V.shape[0])
+        a, b = int(indptr[row]), int(indptr[stop])
+        if b > a:
+            rows = np.repeat(np.arange(row, stop), np.diff(indptr[row : stop + 1]))
+            np.einsum("ij,ij->i", W[rows], Ht[V.indices[a:b]], out=out[a:b])
+        row = stop
+    return out
+
+
+def beta_transform_block(
+    V: Any,
+    H: np.ndarray,
+    *,
+    beta: float,
+    gamma: float,
+    l1: float,
+    l2: float,
+    missing: str | None,
+    max_iter: int,
+    tol: float,
+) -> tuple[np.ndarray, Sums]:
+    """W for a block with H fixed, by multiplicative updates (one read of ``V_i``).
+
+    As scikit-learn's ``transform`` with ``solver='mu'``: W starts at ``sqrt(mean / k)``
+    (the mean of the block's observed entries) and is updated until ``max_iter`` or, checked
+    every 10 updates, the divergence has decreased by less than ``tol`` times its initial
+    value. Used for every beta other than 2 and for masked problems (missing entries).
+
+    Returns
+    -------
+    W_i : ndarray of shape (r, k)
+    sums : Sums
+        ``max_iter_done``: the updates this block needed.
+    """
+    V = _as_compute_block(V)
+    check_missing(V, missing)
+    k = H.shape[0]
+    block = _Observed(V, missing, beta)
+    x = block.x
+    if block.pattern and not block.masked:  # the unstored entries are zeros, and count
+        mean = float(x.sum(dtype=np.float64)) / (V.shape[0] * V.shape[1])
+    else:  # the observed entries
+        values = x if block.mask is None else x[block.mask]
+        mean = float(values.mean(dtype=np.float64)) if values.size else 0.0
+    W = np.full((V.shape[0], k), np.sqrt(max(mean, 0.0) / k), dtype=V.dtype)
+    H = np.asarray(H, dtype=V.dtype)
+    denominator0 = H.sum(axis=1)[None, :]
+    done = 0
+    with small_blas():
+        first = previous = block.divergence(block.evaluate(W, H), W, H)
+        for done in range(1, max_iter + 1):
+            num, den = block.ratios(block.evaluate(W, H))
+            denominator = denominator0 if den is None else block.times(den, H.T)
+            W = mu.beta_update(W, block.times(num, H.T), denominator, l1, l2, gamma)
+            if beta < 1:
+                W[W < TINY] = 0.0
+            if tol > 0 and done % 10 == 0:
+                current = block.divergence(block.evaluate(W, H), W, H)
+                if first <= 0 or (previous - current) / first < tol:
+                    break
+                previous = current
+    return W, Sums(max_iter_done=done)

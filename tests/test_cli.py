@@ -97,3 +97,40 @@ def test_demo_runs_out_of_core_with_progress(tmp_path):
     assert "dashboard" in proc.stdout
     res = zarr.open_group(tmp_path / "result.zarr", mode="r")
     assert res["W"].shape == (20000, 4) and res["H"].shape == (4, 500)
+
+
+def test_convert_then_fit_a_matrix_market_file(tmp_path):
+    """`bignmf convert` turns a .mtx file into a CSR store (refusing to overwrite it unless
+    asked), and `bignmf fit` factorizes that store on the embedded cluster as scikit-learn
+    does the same matrix in memory."""
+    import scipy.io
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    V = rng.random((400, 5)) @ rng.random((5, 60))
+    V[rng.random(V.shape) < 0.6] = 0.0
+    scipy.io.mmwrite(tmp_path / "V.mtx", sp.coo_matrix(V))
+    store = tmp_path / "V.zarr"
+    proc = run_cli("convert", str(tmp_path / "V.mtx"), str(store), "--dtype", "float32",
+                   "--block-mb", "0.01")
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {store}: CSR 400 x 60 float32, {np.count_nonzero(V)} stored" in proc.stdout
+    group = zarr.open_group(store, mode="r")
+    assert group.attrs["encoding-type"] == "csr_matrix" and group["data"].dtype == np.float32
+    again = run_cli("convert", str(tmp_path / "V.mtx"), str(store))
+    assert again.returncode == 2 and "exists" in again.stderr
+
+    out = tmp_path / "out.zarr"
+    proc = run_cli("fit", str(store), "-k", "5", "-o", str(out), "--init", "nndsvda",
+                   "--random-state", "0", "--max-iter", "30", "--tol", "0")
+    assert proc.returncode == 0, proc.stderr
+    res = zarr.open_group(out, mode="r")
+    assert res["W"].dtype == np.float32 and res["W"].shape == (400, 5)
+    from bignmf import NMF
+
+    V32 = V.astype(np.float32)
+    ref = NMF(5, init="nndsvda", random_state=0, max_iter=30, tol=0).fit(sp.csr_matrix(V32))
+    np.testing.assert_allclose(res["H"][...], ref.components_, rtol=1e-3,
+                               atol=1e-4 * float(ref.components_.max()))
+    sk = SkNMF(5, init="nndsvda", random_state=0, max_iter=30, tol=0).fit(V32)
+    assert res.attrs["reconstruction_err"] <= sk.reconstruction_err_ * 1.01

@@ -338,3 +338,23 @@ def test_tasks_per_iteration_on_a_real_cluster(dataset, real_cluster):
         assert kinds == {"frobenius_step": n_blocks, "getitem": 2 * n_blocks,
                          "add": n_blocks - 1, "ndarray": 1}, kinds
         assert sum(kinds.values()) == 4 * n_blocks
+
+
+@pytest.mark.parametrize("block_rows", [None, 250])
+def test_dask_array_that_needs_rechunking_fits_on_a_real_cluster(real_cluster, block_rows):
+    """A user's dask array chunked across columns (so bignmf rechunks it into row blocks),
+    or with ``block_rows`` given: fitted by the workers, equal to the in-memory fit. (dask's
+    ``clone`` breaks rechunked graphs; bignmf renames the keys of the optimized graph.)"""
+    import dask.array as da
+
+    rng = np.random.default_rng(3)
+    X = rng.random((600, RANK)) @ rng.random((RANK, 80))
+    ref = NMF(**FIT, init="nndsvda").fit(X)
+    V = da.from_array(X, chunks=(170, 30)).rechunk((200, 40))
+    with real_cluster.client.as_current():
+        est = NMF(**FIT, init="nndsvda", block_rows=block_rows)
+        W = est.fit_transform(V).compute()
+        again = NMF(**FIT, init="nndsvda", block_rows=block_rows).fit(V)  # the same V again
+    assert_same_fit(est.components_, ref.components_)
+    assert_same_fit(W, NMF(**FIT, init="nndsvda").fit_transform(X))
+    assert_same_fit(again.components_, ref.components_)

@@ -20,6 +20,8 @@ import time
 import dask
 import numpy as np
 import pytest
+import scipy.sparse as sp
+import zarr
 from conftest import (
     LowRankRows,
     chunk_keys,
@@ -34,6 +36,7 @@ from conftest import (
 )
 
 from bignmf import NMF
+from bignmf.io import write_csr_blocks
 
 #: Passes over V made by each initialization before the iterations.
 INIT_PASSES = {"random": 1, "nndsvda": 2}
@@ -209,3 +212,56 @@ def test_store_4x_cluster_memory_factorized_within_worker_limits(tmp_path, big_s
     assert counts == dict.fromkeys(chunk_keys(z), 1 + MAX_ITER)
     readers = {pid for pid, _ in read_log(read_log_path)}
     assert readers <= set(pids_before.values())
+
+
+# ------------------------------------------------------------- sparse, Kullback-Leibler
+SPARSE_ROWS = 400_000
+SPARSE_DENSITY = 0.0125  # 25 stored entries per row: 10^7 in all
+
+
+@pytest.mark.slow
+def test_kl_on_1e7_nonzeros_runs_in_memory_bounded_by_the_row_blocks(tmp_path):
+    """A CSR store with 10^7 non-zeros (dense, it would be 3.2 GB: 4x the cluster's
+    memory) fitted with the Kullback-Leibler loss by 2 workers of 400 MB: only stored
+    entries are touched, and each worker's peak memory stays far below its limit."""
+    n, k, max_iter = N_FEATURES, 10, 3
+    chunk_rows = 20_000
+
+    def blocks():
+        for start in range(0, SPARSE_ROWS, chunk_rows):
+            rng = np.random.default_rng(start)
+            block = sp.random(chunk_rows, n, density=SPARSE_DENSITY, format="csr",
+                              random_state=rng, dtype=np.float32)
+            block.data = rng.poisson(3.0, size=block.nnz).astype(np.float32) + 1
+            yield block
+
+    path = write_csr_blocks(tmp_path / "counts.zarr", blocks(), (SPARSE_ROWS, n), np.float32)
+    nnz = int(zarr.open_group(path, mode="r")["indptr"][-1])
+    assert nnz >= 10**7
+    dense_bytes = SPARSE_ROWS * n * 4
+    with running_cluster(tmp_path / "cluster", n_workers=N_WORKERS,
+                         memory_limit=WORKER_LIMIT) as cluster:
+        idle = cluster.rss()
+        t0 = time.perf_counter()
+        with cluster.client.as_current():
+            est = NMF(n_components=k, solver="mu", beta_loss="kullback-leibler",
+                      init="random", random_state=0, max_iter=max_iter, tol=0)
+            W = est.fit_transform(path)
+            n_blocks = len(W.chunks[0])
+        t_fit = time.perf_counter() - t0
+        peaks = cluster.peak_rss()
+        logs = cluster.logs()
+    print(f"\nCSR V: {SPARSE_ROWS} x {n}, {nnz} non-zeros (dense: {dense_bytes / 1e9:.1f} GB = "
+          f"{dense_bytes / (N_WORKERS * WORKER_LIMIT):.1f}x the cluster's memory); "
+          f"{n_blocks} row blocks; KL fit of {max_iter} iterations in {t_fit:.1f}s; "
+          f"idle worker RSS (MB) {[round(v / 1e6) for v in idle.values()]}, "
+          f"peak VmHWM (MB) {[round(v / 1e6) for v in peaks.values()]} "
+          f"(limit {WORKER_LIMIT / 1e6:.0f}); objective "
+          f"{[round(float(v)) for v in est.loss_history_]}")
+    assert dense_bytes >= 4 * N_WORKERS * WORKER_LIMIT
+    assert est.n_iter_ == max_iter
+    assert np.all(np.diff(est.loss_history_) < 0)
+    for address, peak in peaks.items():
+        assert peak < 0.8 * WORKER_LIMIT, (address, peak)
+    for sign in ("Pausing worker", "Restarting worker", "was killed", "Worker process died"):
+        assert sign not in logs, sign

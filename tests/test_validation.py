@@ -144,10 +144,11 @@ def test_parameters_are_checked_before_any_input(tmp_path):
 
 
 @pytest.mark.parametrize("beta_loss", ["kullback-leibler", "itakura-saito", 1.0, 0.5])
-def test_beta_loss_other_than_frobenius(X, beta_loss):
+def test_beta_loss_other_than_frobenius_needs_mu(X, beta_loss):
     fit_fails(X, ValueError, "does not handle beta_loss", n_components=2, beta_loss=beta_loss)
-    fit_fails(X, NotImplementedError, "frobenius", n_components=2, beta_loss=beta_loss,
-              solver="mu")
+    est = NMF(n_components=2, beta_loss=beta_loss, solver="mu", max_iter=5, tol=0,
+              init="random", random_state=0).fit(X + 0.1)
+    assert est.n_iter_ == 5
 
 
 @pytest.mark.parametrize("init", ["nndsvd", "nndsvda", "nndsvdar"])

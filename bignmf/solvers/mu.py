@@ -46,3 +46,44 @@ def update(
                 break
         F = new
     return F, sweeps
+
+
+def beta_update(
+    A: np.ndarray,
+    numerator: np.ndarray,
+    denominator: np.ndarray,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    gamma: float = 1.0,
+) -> np.ndarray:
+    """One multiplicative update for a beta-divergence (Févotte & Idier 2011), as
+    scikit-learn's ``_multiplicative_update_w`` / ``_multiplicative_update_h``.
+
+    ``A <- A * (numerator / (denominator + l1 + l2 A)) ** gamma``, with the products of
+    the data already formed (by :mod:`bignmf.passes`): for ``W``, ``numerator =
+    (V * (WH)^(beta-2)) H^T`` and ``denominator = (WH)^(beta-1) H^T`` (both ``r x k``); for
+    ``H`` the transposed sums ``W^T (...)`` (``k x n``). ``gamma`` is the exponent that
+    makes the update a majorization-minimization step (:func:`mm_exponent`). Zeros in the
+    denominator become float32's epsilon; ``denominator`` may broadcast against ``A``
+    (Kullback-Leibler's row or column sums). Returns a new array.
+    """
+    denominator = np.asarray(denominator, dtype=A.dtype)
+    if l1:
+        denominator = denominator + l1
+    if l2:
+        denominator = denominator + l2 * A
+    denominator = np.array(np.broadcast_to(denominator, A.shape), dtype=A.dtype)
+    denominator[denominator == 0] = EPSILON
+    delta = np.asarray(numerator, dtype=A.dtype) / denominator
+    if gamma != 1:
+        delta **= gamma
+    return A * delta
+
+
+def mm_exponent(beta: float) -> float:
+    """scikit-learn's ``gamma``: 1/(2-beta) for beta < 1, 1/(beta-1) for beta > 2, else 1."""
+    if beta < 1:
+        return 1.0 / (2.0 - beta)
+    if beta > 2:
+        return 1.0 / (beta - 1.0)
+    return 1.0
