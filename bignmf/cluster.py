@@ -121,14 +121,30 @@ def close_embedded() -> None:
 atexit.register(close_embedded)
 
 
-def worker_memory_limit(client: Any | None) -> int | None:
-    """Smallest memory limit among the client's workers, in bytes (``None`` if unknown)."""
+def _memory_limits(client: Any | None) -> list[int]:
+    """Each worker's memory limit in bytes (0 for a worker without one)."""
     if client is None:
-        return None
+        return []
     try:
         workers = client.scheduler_info(n_workers=-1)["workers"]
     except TypeError:
         workers = client.scheduler_info()["workers"]
-    limits = [w.get("memory_limit") or 0 for w in workers.values()]
-    limits = [lim for lim in limits if lim]
+    return [int(w.get("memory_limit") or 0) for w in workers.values()]
+
+
+def n_workers(client: Any | None) -> int:
+    """Workers of the client's cluster (1 without a distributed client)."""
+    return max(1, len(_memory_limits(client)))
+
+
+def worker_memory_limit(client: Any | None) -> int | None:
+    """Smallest memory limit among the client's workers, in bytes (``None`` if unknown)."""
+    limits = [lim for lim in _memory_limits(client) if lim]
     return min(limits) if limits else None
+
+
+def total_memory_limit(client: Any | None) -> int | None:
+    """Sum of the memory limits of the client's workers, in bytes (``None`` when there is
+    no distributed client or a worker has no limit)."""
+    limits = _memory_limits(client)
+    return sum(limits) if limits and all(limits) else None

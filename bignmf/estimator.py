@@ -71,6 +71,7 @@ _CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "shuffle": (lambda v: isinstance(v, bool | np.bool_), "a bool"),
     "inner_sweeps": (lambda v: v == "auto" or (_is_int(v) and v >= 1), "an int >= 1 or 'auto'"),
     "missing": (lambda v: v in (None, "nan", "unstored"), "None, 'nan' or 'unstored'"),
+    "resident": (lambda v: v == "auto" or isinstance(v, bool | np.bool_), "'auto' or a bool"),
     "block_rows": (lambda v: v is None or (_is_int(v) and v >= 1), "an int >= 1 or None"),
     "checkpoint": (lambda v: v is None or isinstance(v, (str, os.PathLike)),
                    "None or a path to a Zarr group"),
@@ -81,6 +82,11 @@ _CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
 # Parameters that define the problem: a checkpoint resumes only a fit with the same ones.
 _PROBLEM_PARAMS = ("init", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio", "shuffle",
                    "inner_sweeps", "random_state", "missing")
+
+
+#: ``resident='auto'`` keeps V in the workers' memory when it takes at most this fraction of
+#: their total memory limit (the rest is for W, the kernels' temporaries and dask).
+RESIDENT_FRACTION = 0.3
 
 
 class InvalidParameterError(ValueError, TypeError):
@@ -128,6 +134,11 @@ l1_ratio, verbose, shuffle
         convention; a stored zero is an observed zero). The fit minimizes the loss over the
         observed entries only (masked NMF, ``solver='mu'``, any ``beta_loss``);
         ``reconstruction_err_`` is over them too, and ``W @ H`` predicts the missing ones.
+    resident : 'auto' or bool, default='auto'
+        Out-of-core inputs only: read V once into the workers' memory and iterate from
+        there (no I/O per iteration). ``'auto'``: when V (as computed, dense or CSR) takes at
+        most :data:`RESIDENT_FRACTION` of the cluster's total worker memory limit; ``True``
+        forces it, ``False`` reads V from storage in every pass.
     block_rows : int, optional
         Rows per block of V for out-of-core inputs (default: ~128 MiB blocks, fewer when the
         workers' memory limit is small).
@@ -171,6 +182,7 @@ l1_ratio, verbose, shuffle
         shuffle: bool = False,
         inner_sweeps: int | str = "auto",
         missing: str | None = None,
+        resident: bool | str = "auto",
         block_rows: int | None = None,
         checkpoint: str | os.PathLike[str] | None = None,
         checkpoint_every: int | None = None,
@@ -190,6 +202,7 @@ l1_ratio, verbose, shuffle
         self.shuffle = shuffle
         self.inner_sweeps = inner_sweeps
         self.missing = missing
+        self.resident = resident
         self.block_rows = block_rows
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
@@ -234,7 +247,7 @@ l1_ratio, verbose, shuffle
             block_bytes, densify = self._block_budget(
                 source, cluster.worker_memory_limit(client))
             V = io.open_matrix(source, block_rows=self.block_rows, block_bytes=block_bytes,
-                               densify=densify)
+                               densify=densify, parts=cluster.n_workers(client))
             if reset:
                 self.n_features_in_ = V.shape[1]
                 if hasattr(self, "feature_names_in_"):
@@ -254,6 +267,16 @@ l1_ratio, verbose, shuffle
         if sp.issparse(X):
             X = sp.csr_matrix(X)
         return Eager(X), X.shape, X.dtype
+
+    def _keep_resident(self, ex: Any) -> bool:
+        """Whether to hold V in the workers' memory for this fit (see ``resident``)."""
+        if not isinstance(ex, DaskExecutor) or self.resident is False:
+            return False
+        if self.resident is True:
+            return True
+        total = cluster.total_memory_limit(ex.client)
+        size = io.computed_nbytes(ex.source if ex.source is not None else ex.V)
+        return bool(total and size is not None and size <= RESIDENT_FRACTION * total)
 
     def _block_budget(self, source: Any, limit: int | None) -> tuple[int, bool]:
         """Bytes of V per row block, and whether sparse blocks are made dense in their task.
@@ -336,6 +359,8 @@ l1_ratio, verbose, shuffle
     ) -> tuple[Any, np.ndarray, int, FitResult | None]:
         ex, shape, dtype = self._prepare(X, reset=update_H)
         check_missing(ex.meta, self.missing)
+        if update_H and self._keep_resident(ex):
+            ex.make_resident()
         k = self._resolve_n_components(shape[1], H if (self.init == "custom" or not update_H)
                                        else None)
         if not update_H:

@@ -28,7 +28,7 @@ import numpy as np
 from dask._task_spec import convert_legacy_graph
 from dask.delayed import Delayed
 
-from bignmf.passes import Sums, ZarrBlock, tree_sum
+from bignmf.passes import Sums, ZarrBlock, load_block, tree_sum
 
 
 class Eager:
@@ -111,6 +111,8 @@ class DaskExecutor:
         self.V = V
         self.client = client
         self.local = local
+        self.source = source
+        self.resident = False
         ends = np.cumsum((0, *V.chunks[0]))
         self.row_bounds = [(int(a), int(b)) for a, b in itertools.pairwise(ends)]
         if source is not None:
@@ -149,6 +151,17 @@ class DaskExecutor:
         }
         call = dask.delayed(kernel, pure=True, nout=nout)
         return [call(*args, **shared) for args in zip(*per_block, strict=True)]
+
+    def make_resident(self) -> None:
+        """Read V's blocks once into the workers' memory; later passes use them there.
+
+        Costs one read of V and V's size in worker memory (as computed: float32/float64,
+        or CSR); every later pass reads no storage. A block lost with a worker is read
+        again by the scheduler (its task depends on nothing else).
+        """
+        load = dask.delayed(load_block, pure=True)
+        self._V_blocks, _ = self.run([load(block) for block in self._V_blocks])
+        self.resident = True
 
     @staticmethod
     def take(items: Sequence[Any], index: int) -> list:

@@ -67,15 +67,24 @@ def compute_dtype(dtype: Any) -> np.dtype:
 
 def choose_block_rows(
     shape: tuple[int, int], dtype: Any, stored_rows: int | None = None,
-    block_bytes: int | None = None,
+    block_bytes: int | None = None, parts: int = 1,
 ) -> int:
-    """Rows per block: about ``block_bytes`` of dense data, a multiple of ``stored_rows``."""
+    """Rows per block: at most about ``block_bytes`` of dense data, a multiple of
+    ``stored_rows``, and — when ``parts`` (e.g. the number of workers) is more than 1 —
+    as many blocks as a multiple of ``parts``, as equal as the stored chunks allow, so that
+    every worker gets the same work (4 blocks of 5000 rows on 2 workers, not
+    6000, 6000, 6000 and 2000).
+    """
     m, n = shape
+    unit = stored_rows or 1
     row_bytes = n * compute_dtype(dtype).itemsize
     rows = max(1, (block_bytes or DEFAULT_BLOCK_BYTES) // row_bytes)
-    if stored_rows:
-        rows = max(stored_rows, rows // stored_rows * stored_rows)
-    return int(min(rows, m))
+    units = max(1, rows // unit)  # whole stored chunks per block, at most
+    n_units = _ceil_div(m, unit)
+    n_blocks = _ceil_div(n_units, units)
+    if parts > 1 and n_units >= parts:
+        n_blocks = _ceil_div(n_blocks, parts) * parts
+    return int(min(_ceil_div(n_units, n_blocks) * unit, m))
 
 
 def open_zarr_array(
@@ -131,6 +140,7 @@ def open_matrix(
     block_rows: int | None = None,
     block_bytes: int | None = None,
     densify: bool = False,
+    parts: int = 1,
 ) -> da.Array:
     """Return V as a dask array of row blocks, without reading any data.
 
@@ -154,6 +164,9 @@ def open_matrix(
         of ``indptr``). True: blocks of ``r`` rows with ``r x n`` dense values about
         ``block_bytes``, for kernels that form a dense ``r x n`` product per block (e.g.
         ``W_i H`` of the Itakura-Saito divergence).
+    parts : int, default=1
+        Make the number of blocks a multiple of this (the number of workers), blocks as
+        equal as possible (see :func:`choose_block_rows`).
 
     Returns
     -------
@@ -177,15 +190,18 @@ def open_matrix(
         if block_rows:
             rows: tuple[int, ...] = _equal_rows(shape[0], block_rows)
         elif densify:
-            rows = _equal_rows(shape[0], choose_block_rows(shape, X.dtype, None, block_bytes))
+            rows = _equal_rows(shape[0], choose_block_rows(shape, X.dtype, None, block_bytes,
+                                                           parts))
         else:
-            rows = csr_block_rows(X.indptr, shape, X.dtype, block_bytes)
+            rows = csr_block_rows(X.indptr, shape, X.dtype,
+                                  _balanced_budget(computed_nbytes(X), block_bytes, parts))
         V = da.from_array(X, chunks=(rows, (shape[1],)), asarray=False, fancy=False,
                           meta=sp.csr_matrix((0, 0), dtype=X.dtype))
     elif isinstance(X, zarr.Array):
         check_shape_dtype(X.shape, X.dtype)
         shape = (int(X.shape[0]), int(X.shape[1]))
-        rows_ = block_rows or choose_block_rows(shape, X.dtype, X.chunks[0], block_bytes)
+        rows_ = block_rows or choose_block_rows(shape, X.dtype, X.chunks[0], block_bytes,
+                                                parts)
         V = da.from_zarr(X, chunks=(rows_, X.shape[1]))
     elif isinstance(X, da.Array):
         check_shape_dtype(X.shape, X.dtype)
@@ -197,16 +213,16 @@ def open_matrix(
             V = X
         elif sp.issparse(X._meta):
             # The size of a sparse chunk is unknown without reading it: keep the user's
-            # row chunks, which they sized, and join the columns (by blockwise, not
-            # rechunk: dask's clone, which the executor applies, loses rechunk's inputs).
+            # row chunks, which they sized, and join the columns (blockwise: one task per
+            # row block, no rechunk graph).
             V = da.blockwise(_identity, "ij", X, "ik", new_axes={"j": X.shape[1]},
                              concatenate=True, dtype=X.dtype, meta=X._meta)
         else:
-            rows_ = choose_block_rows(X.shape, X.dtype, X.chunks[0][0], block_bytes)
+            rows_ = choose_block_rows(X.shape, X.dtype, X.chunks[0][0], block_bytes, parts)
             V = X.rechunk((rows_, -1))
     elif isinstance(X, np.ndarray):
         check_shape_dtype(X.shape, X.dtype)
-        rows_ = block_rows or choose_block_rows(X.shape, X.dtype, None, block_bytes)
+        rows_ = block_rows or choose_block_rows(X.shape, X.dtype, None, block_bytes, parts)
         V = da.from_array(X, chunks=(rows_, X.shape[1]))
     else:
         raise TypeError(
@@ -218,6 +234,19 @@ def open_matrix(
     return V if V.dtype == dtype else V.astype(dtype)
 
 
+def _balanced_budget(total: int | None, block_bytes: int | None, parts: int) -> int | None:
+    """A budget per block that cuts ``total`` bytes into a multiple of ``parts`` blocks."""
+    if parts <= 1 or not total:
+        return block_bytes
+    budget = block_bytes or DEFAULT_BLOCK_BYTES
+    n_blocks = _ceil_div(_ceil_div(total, budget), parts) * parts
+    return _ceil_div(total, n_blocks) + 1
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _identity(block: Any) -> Any:
     return block
 
@@ -225,6 +254,19 @@ def _identity(block: Any) -> Any:
 def _equal_rows(m: int, rows: int) -> tuple[int, ...]:
     rows = max(1, min(int(rows), m))
     return (rows,) * (m // rows) + ((m % rows,) if m % rows else ())
+
+
+def computed_nbytes(X: Any) -> int | None:
+    """Bytes V takes in memory as the kernels compute with it (float32/float64 dense, or
+    CSR: values, column indices and row pointers); ``None`` if unknown (a dask array of
+    sparse chunks)."""
+    if isinstance(X, CSRStore):
+        index_bytes = 4 if X.shape[1] < 2**31 else 8
+        return X.nnz * (compute_dtype(X.dtype).itemsize + index_bytes) + (X.shape[0] + 1) * 8
+    if isinstance(X, da.Array) and sp.issparse(X._meta):
+        return None
+    m, n = X.shape
+    return int(m) * int(n) * compute_dtype(X.dtype).itemsize
 
 
 def is_out_of_core(X: Any) -> bool:

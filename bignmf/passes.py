@@ -94,6 +94,12 @@ def _as_compute_block(V: Any) -> Any:
     return V
 
 
+def load_block(V: Any) -> Any:
+    """A block as the kernels compute with it (read from storage if it is a
+    :class:`ZarrBlock`): what a worker keeps when V is resident in memory."""
+    return _as_compute_block(V)
+
+
 def _zero_filled(V: Any, missing: str | None) -> Any:
     """V with its missing entries as zeros (a copy only when NaN marks them)."""
     if missing == "nan" and not sp.issparse(V):
@@ -651,3 +657,33 @@ def beta_transform_block(
                     break
                 previous = current
     return W, Sums(max_iter_done=done)
+
+
+# ---------------------------------------------------------------------------------------
+# Compressed NMF (bignmf.compressed): the last pass of the randomized range finder
+
+
+def range_block(V: Any, P: np.ndarray, *, stats: bool = False) -> tuple[np.ndarray, Sums]:
+    """``Y_i = V_i P`` (r x l, kept by the caller) with ``Y_i^T Y_i`` and ``V_i^T Y_i``.
+
+    The last sketch pass of :mod:`bignmf.compressed`: summed over blocks, ``Y^T Y`` gives the
+    orthonormalization ``Q = Y T`` and ``V^T Y`` gives ``B = Q^T V = (V^T Y T)^T``, so the
+    basis and the compressed matrix come from one read of V. ``V^T Y_i`` is formed from
+    the very ``Y_i`` returned (rounded to V's dtype the same way), so ``B`` is consistent
+    with ``Q``. Costs ``4 r n l`` flops (``4 nnz l`` sparse); memory ``O((r + n) l)``.
+
+    Returns
+    -------
+    Y_i : ndarray of shape (r, l), float64
+    sums : Sums
+        ``YtY`` (l x l), ``VtY`` (n x l), and :func:`block_stats` if ``stats``.
+    """
+    V = _as_compute_block(V)
+    out = block_stats(V) if stats else Sums()
+    if out.get("nonfinite"):  # the caller raises from the stats
+        return np.zeros((V.shape[0], P.shape[1])), out
+    Y = np.asarray(V @ P.astype(V.dtype, copy=False))
+    out["VtY"] = np.asarray(V.T @ Y, dtype=np.float64)
+    Y = Y.astype(np.float64)
+    out["YtY"] = Y.T @ Y
+    return Y, out

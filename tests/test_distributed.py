@@ -245,7 +245,8 @@ def test_active_client_runs_the_fit_on_its_cluster(dataset, real_cluster, read_l
     with Client(scheduler_file=real_cluster.scheduler_file) as client:
         assert cluster.active_client() is client
         with get_task_stream(client) as stream:
-            est = NMF(**{**FIT, "max_iter": max_iter}, init="random", block_rows=BLOCK_ROWS)
+            est = NMF(**{**FIT, "max_iter": max_iter}, init="random", block_rows=BLOCK_ROWS,
+                      resident=False)  # read from storage in every pass
             W = est.fit_transform(open_logged(path, read_log_path))
             W = W.compute()
         assert not cluster._embedded

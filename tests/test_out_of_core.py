@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import zarr
 from conftest import (
     LowRankRows,
+    assert_same_fit,
     chunk_keys,
     disk_bytes,
     open_logged,
@@ -83,20 +84,27 @@ def test_each_chunk_read_once_per_pass_threads(small_store, read_log_path, init)
     assert np.linalg.norm(W_new @ est.components_ - X) < 0.15 * np.linalg.norm(X)
 
 
+@pytest.mark.parametrize("resident", [False, "auto"])
 @pytest.mark.parametrize("init", ["random", "nndsvda"])
 def test_each_chunk_read_once_per_pass_real_workers(small_store, read_log_path, real_cluster,
-                                                     init):
+                                                     init, resident):
     """Real worker processes: the same counts, and every read happens in a worker process
-    (none in this process)."""
+    (none in this process). V fits in the workers' memory many times over, so by default
+    (``resident='auto'``) they read it once and keep it: each chunk is read once in all;
+    the factors are the same."""
     path, _ = small_store
     max_iter = 3
     with real_cluster.client.as_current():
-        _, W = _fit(open_logged(path, read_log_path), init=init, max_iter=max_iter,
-                      block_rows=100)
+        est, W = _fit(open_logged(path, read_log_path), init=init, max_iter=max_iter,
+                      block_rows=100, resident=resident)
         assert W.numblocks == (6, 1)
         assert W.compute().shape == (600, 4)
     keys = chunk_keys(open_logged(path, read_log_path))
-    assert read_counts(read_log_path) == dict.fromkeys(keys, INIT_PASSES[init] + max_iter)
+    reads = 1 if resident else INIT_PASSES[init] + max_iter
+    assert read_counts(read_log_path) == dict.fromkeys(keys, reads)
+    with dask.config.set(scheduler="threads"):  # the same blocks, streamed from the store
+        ref, _ = _fit(path, init=init, max_iter=max_iter, block_rows=100)
+    assert_same_fit(est.components_, ref.components_)
     readers = {pid for pid, _ in read_log(read_log_path)}
     assert readers <= set(real_cluster.worker_pids().values())
     assert os.getpid() not in readers

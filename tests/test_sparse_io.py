@@ -345,7 +345,7 @@ def test_workers_read_their_own_csr_rows(tmp_path, real_cluster):
     with Client(scheduler_file=real_cluster.scheduler_file) as client, \
             get_task_stream(client) as stream:
         est = NMF(n_components=3, init="random", random_state=0, max_iter=max_iter,
-                  tol=0, block_rows=block_rows)
+                  tol=0, block_rows=block_rows, resident=False)  # read in every pass
         W = est.fit_transform(group).compute()
     kinds = Counter(key_split(t["key"]) for t in stream.data)
     n_blocks = 600 // block_rows

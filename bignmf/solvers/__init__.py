@@ -19,10 +19,11 @@ A rule is looked up by name with :func:`get_solver`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from bignmf.solvers import hals, mu
 
@@ -52,7 +53,10 @@ _SOLVERS: dict[str, Callable[..., tuple[np.ndarray, int]]] = {
 SOLVER_NAMES = tuple(_SOLVERS)
 
 
-def small_blas() -> threadpool_limits:
+_controller: ThreadpoolController | None = None
+
+
+def small_blas() -> AbstractContextManager[Any]:
     """Context for solver sweeps and other loops of small BLAS calls: one BLAS thread.
 
     A sweep makes one ``k x k`` by ``k x r`` product per component; spreading each over
@@ -60,7 +64,10 @@ def small_blas() -> threadpool_limits:
     0.5 s with 2 OpenBLAS threads, 0.045 s with 1). It also makes results independent of how
     many BLAS threads the process has (dask workers run with one).
     """
-    return threadpool_limits(limits=1, user_api="blas")
+    global _controller
+    if _controller is None:  # scanning the loaded libraries costs ~4 ms: do it once
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
 
 
 def get_solver(name: str) -> FactorUpdate:
