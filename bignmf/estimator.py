@@ -34,6 +34,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bignmf import checkpoint, cluster, io
 from bignmf.checkpoint import Checkpointer, FitState
+from bignmf.compressed import fit_compressed
 from bignmf.executor import DaskExecutor, Eager
 from bignmf.fit import FitResult, IterationInfo, fit
 from bignmf.init import Initial, initialize, resolve_init
@@ -57,7 +58,8 @@ _CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
                      "an int >= 1, 'auto' or None"),
     "init": (lambda v: v in (None, "random", "nndsvd", "nndsvda", "nndsvdar", "custom"),
              "one of None, 'random', 'nndsvd', 'nndsvda', 'nndsvdar', 'custom'"),
-    "solver": (lambda v: v in SOLVER_NAMES, f"one of {', '.join(map(repr, SOLVER_NAMES))}"),
+    "solver": (lambda v: v in (*SOLVER_NAMES, "compressed"),
+               f"one of {', '.join(map(repr, (*SOLVER_NAMES, 'compressed')))}"),
     "beta_loss": (lambda v: v in ("frobenius", "kullback-leibler", "itakura-saito")
                   or _is_real(v), "'frobenius', 'kullback-leibler', 'itakura-saito' or a float"),
     "tol": (lambda v: _is_real(v) and v >= 0, "a float >= 0"),
@@ -115,7 +117,10 @@ l1_ratio, verbose, shuffle
         As in scikit-learn (``verbose`` prints a progress line per iteration: objective,
         relative decrease, seconds per iteration, time left). ``solver='cd'``
         (coordinate descent, i.e. HALS; also spelled
-        ``'hals'``) or ``'mu'`` (multiplicative updates). ``tol`` applies to the relative
+        ``'hals'``), ``'mu'`` (multiplicative updates) or ``'compressed'`` (HALS on a
+        randomized sketch of V, then exact HALS passes: Frobenius loss, at most 6 passes
+        over V in all, for data with fast spectral decay; see :mod:`bignmf.compressed`,
+        where ``max_iter`` bounds the sketch iterations). ``tol`` applies to the relative
         decrease of the objective between two iterations. ``beta_loss``:
         ``'frobenius'`` (any solver), ``'kullback-leibler'``, ``'itakura-saito'`` or a float
         beta (``solver='mu'``, scikit-learn's multiplicative updates, one pass per
@@ -228,6 +233,10 @@ l1_ratio, verbose, shuffle
                 f"missing = {self.missing!r}; masked fits use solver='mu' (multiplicative "
                 "updates over the observed entries)"
             )
+        if self.solver == "compressed" and self.checkpoint is not None:
+            raise InvalidParameterError(
+                "Invalid checkpoint parameter: solver 'compressed' writes no checkpoints "
+                "(it reads V at most 6 times); use solver='cd' to checkpoint a long fit")
         if self.solver == "mu" and self.init == "nndsvd":
             warnings.warn(
                 "The multiplicative update ('mu') solver cannot update zeros present in the "
@@ -371,6 +380,8 @@ l1_ratio, verbose, shuffle
             W_out, n_iter = self._solve_W(ex, H, shape, dtype, compute=True)
             return W_out, H, n_iter, None
         init = resolve_init(self.init, k, shape)
+        if self.solver == "compressed":
+            return self._fit_compressed(ex, shape, dtype, k, init, W, H, callback, resume)
         checkpointer, state = self._checkpointing(shape, dtype, k, resume, ex)
         if state is not None:
             initial = Initial([], state.H, None, passes=0)
@@ -399,6 +410,34 @@ l1_ratio, verbose, shuffle
             warnings.warn(
                 f"Maximum number of iterations {self.max_iter} reached. Increase it to "
                 "improve convergence.", ConvergenceWarning, stacklevel=3,
+            )
+        return ex.assemble(result.W_blocks, k, dtype), result.H, result.n_iter, result
+
+    def _fit_compressed(
+        self, ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int, init: str, W: Any,
+        H: Any, callback: Callable[[IterationInfo], None] | None, resume: bool,
+    ) -> tuple[Any, np.ndarray, int, FitResult]:
+        """``solver='compressed'``: :func:`bignmf.compressed.fit_compressed`."""
+        if resume:
+            raise ValueError("resume=True: solver 'compressed' writes no checkpoints")
+        if init == "custom":
+            H = _check_factor(H, (k, shape[1]), dtype, "NMF (input H)")
+            W = _check_factor(W, (shape[0], k), dtype, "NMF (input W)")
+        elif W is not None or H is not None:
+            warnings.warn("When init!='custom', provided W or H are ignored. Set "
+                          " init='custom' to use them as initialization.",
+                          RuntimeWarning, stacklevel=4)
+        result = fit_compressed(
+            ex, shape=shape, dtype=dtype, n_components=k, init=init, W=W, H=H,
+            random_state=self.random_state,
+            penalty=Penalty.from_alphas(shape, self.alpha_W, self.alpha_H, self.l1_ratio),
+            tol=self.tol, max_iter=self.max_iter, inner_sweeps=self.inner_sweeps,
+            shuffle=self.shuffle, callback=callback, verbose=self.verbose,
+        )
+        if not result.converged and self.tol > 0:
+            warnings.warn(
+                f"Maximum number of iterations {self.max_iter} reached. Increase it to "
+                "improve convergence.", ConvergenceWarning, stacklevel=4,
             )
         return ex.assemble(result.W_blocks, k, dtype), result.H, result.n_iter, result
 

@@ -192,8 +192,9 @@ def fit(
         first = not history
         H_old = H
         if frobenius:
-            H64 = H.astype(np.float64)
-            HHt = H64 @ H64.T
+            with small_blas():
+                H64 = H.astype(np.float64)
+                HHt = H64 @ H64.T
             order_W = rng.permutation(k) if rng is not None else None
             order_H = rng.permutation(k) if rng is not None else None
             outs = ex.map(
@@ -213,35 +214,35 @@ def fit(
         if stats is None:
             check_stats(sums, beta=beta)
             stats = sums
-        if frobenius:
-            sq_norm_V = float(stats["sumsq"])
-            if first:
-                loss0 = max(sq_norm_V - 2.0 * sums["cross0"]
-                            + float(np.vdot(sums["WtW0"], HHt)), 0.0)
-                history.append(objective(loss0, penalty, float(sums["W_sum0"].sum()),
-                                         float(np.trace(sums["WtW0"])), H))
-            with small_blas():
+        with small_blas():  # the update of H and the loss: small products, one thread
+            if frobenius:
+                sq_norm_V = float(stats["sumsq"])
+                if first:
+                    loss0 = max(sq_norm_V - 2.0 * sums["cross0"]
+                                + float(np.vdot(sums["WtW0"], HHt)), 0.0)
+                    history.append(objective(loss0, penalty, float(sums["W_sum0"].sum()),
+                                             float(np.trace(sums["WtW0"])), H))
                 H, _ = update(
                     H.copy(), sums["WtV"].astype(H.dtype, copy=False), sums["WtW"],
                     penalty.l1_H, penalty.l2_H, sweeps_H, sweep_tol, order_H,
                 )
-            loss_sq = frobenius_sq(sq_norm_V, sums["WtV"], sums["WtW"], H)
-            W_sum, W_sq = float(sums["W_sum"].sum()), float(np.trace(sums["WtW"]))
-            history.append(objective(loss_sq, penalty, W_sum, W_sq, H))
-        else:
-            # The pass measured the iterate before it (W and H as they came in).
-            loss_sq = beta_error(sums["div0"]) ** 2
-            history.append(float(sums["div0"]) + penalty.value(
-                float(sums["W_sum0"].sum()), sums["W_sq0"], H_old))
-            denominator = sums.get("den_H")
-            if denominator is None:  # Kullback-Leibler: W's column sums
-                W_sum = sums["W_sum"].copy()
-                W_sum[W_sum == 0] = 1.0
-                denominator = W_sum[:, None]
-            H = mu.beta_update(H, sums["num_H"], denominator, penalty.l1_H, penalty.l2_H,
-                               gamma)
-            if beta <= 1:
-                H[H < TINY] = 0.0
+                loss_sq = frobenius_sq(sq_norm_V, sums["WtV"], sums["WtW"], H)
+                W_sum, W_sq = float(sums["W_sum"].sum()), float(np.trace(sums["WtW"]))
+                history.append(objective(loss_sq, penalty, W_sum, W_sq, H))
+            else:
+                # The pass measured the iterate before it (W and H as they came in).
+                loss_sq = beta_error(sums["div0"]) ** 2
+                history.append(float(sums["div0"]) + penalty.value(
+                    float(sums["W_sum0"].sum()), sums["W_sq0"], H_old))
+                denominator = sums.get("den_H")
+                if denominator is None:  # Kullback-Leibler: W's column sums
+                    W_sum = sums["W_sum"].copy()
+                    W_sum[W_sum == 0] = 1.0
+                    denominator = W_sum[:, None]
+                H = mu.beta_update(H, sums["num_H"], denominator, penalty.l1_H, penalty.l2_H,
+                                   gamma)
+                if beta <= 1:
+                    H[H < TINY] = 0.0
         decrease = _decrease(history)
         converged = history[-1] <= 0 or (tol > 0 and decrease < tol)
         if not frobenius and (converged or it == max_iter):

@@ -242,20 +242,23 @@ def frobenius_step(
         return W, out
     F = np.array(W.T, dtype=V.dtype, order="C")
     P = _right(V, H)
-    if initial_loss:
-        out["cross0"] = float(np.vdot(F.astype(np.float64), P))
-        out["WtW0"] = F.astype(np.float64) @ F.T.astype(np.float64)
-        out["W_sum0"] = F.sum(axis=1, dtype=np.float64)
-    if update_W:
-        with small_blas():
+    with small_blas():  # everything but the two big products: small, single-threaded
+        if initial_loss:
+            F64 = F.astype(np.float64)
+            out["cross0"] = float(np.vdot(F64, P))
+            out["WtW0"] = F64 @ F64.T
+            out["W_sum0"] = F.sum(axis=1, dtype=np.float64)
+        if update_W:
             if sweep_tol > 0 and max_sweeps > 1:
                 F, sweeps = _sweep_rows(update, F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
             else:
                 F, sweeps = update(F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
-        out["sweeps"] = sweeps
+            out["sweeps"] = sweeps
     out["WtV"] = _left(F, V).astype(np.float64, copy=False)
-    out["WtW"] = F.astype(np.float64) @ F.T.astype(np.float64)
-    out["W_sum"] = F.sum(axis=1, dtype=np.float64)
+    with small_blas():
+        F64 = F.astype(np.float64)
+        out["WtW"] = F64 @ F64.T
+        out["W_sum"] = F64.sum(axis=1)
     return F.T, out
 
 
@@ -273,23 +276,47 @@ def _sweep_rows(
     clusters, and from the in-memory fit. Per row, the answer is the same however V is
     split. Sweeps on a column are those of ``update`` itself (one sweep per call).
     """
-    active = np.arange(F.shape[1])
+    Fw, Pw = F, P  # the working columns: all of them until many rows have stopped
+    cols: np.ndarray | None = None  # which columns of F the working arrays hold (None: all)
+    live: np.ndarray | None = None  # working columns still sweeping (None: all)
     first: np.ndarray | None = None
     done = 0
+    tol_sq = sweep_tol * sweep_tol
     for done in range(1, max_sweeps + 1):  # noqa: B007 - the count is returned
-        before = F[:, active]
-        new, _ = update(before.copy(), P[:, active], G, l1, l2, 1, 0.0, order)
-        F[:, active] = new
-        d = new - before
+        before = Fw.copy()
+        Fw, _ = update(Fw, Pw, G, l1, l2, 1, 0.0, order)
+        if live is not None:  # stopped rows keep their values
+            np.copyto(Fw, before, where=~live)
+        d = np.subtract(Fw, before, out=before)
         change = np.einsum("ij,ij->j", d, d)
         if first is None:
             first = change
             continue
-        going = change > (sweep_tol * sweep_tol) * first
-        active, first = active[going], first[going]
-        if not active.size:
+        going = change > tol_sq * first
+        if live is not None:
+            going &= live
+        n_going = int(np.count_nonzero(going))
+        if not n_going:
             break
+        if n_going >= going.size // 2:
+            live = None if n_going == going.size else going
+            continue
+        # Fewer than half still sweep: compact (copying columns costs less than
+        # sweeping stopped ones from now on).
+        keep = np.flatnonzero(going)
+        _write_columns(F, cols, Fw)
+        cols = keep if cols is None else cols[keep]
+        Fw, Pw, first, live = Fw[:, keep], Pw[:, keep], first[keep], None
+    _write_columns(F, cols, Fw)
     return F, done
+
+
+def _write_columns(F: np.ndarray, cols: np.ndarray | None, Fw: np.ndarray) -> None:
+    """Store the working columns ``Fw`` back into ``F`` (``cols``: which; None: all)."""
+    if cols is not None:
+        F[:, cols] = Fw
+    elif Fw is not F:
+        F[...] = Fw
 
 
 def transform_block(
@@ -443,26 +470,29 @@ def beta_step(
     block = _Observed(V, missing, beta)
     W = np.asarray(W, dtype=V.dtype)
     H = np.asarray(H, dtype=V.dtype)
+    # The products with V's block (``W H``, ratios times H) use every BLAS thread; the
+    # small sums one.
+    L = block.evaluate(W, H)
+    out["div0"] = block.divergence(L, W, H)
     with small_blas():
-        L = block.evaluate(W, H)
-        out["div0"] = block.divergence(L, W, H)
         W64 = W.astype(np.float64)
         out["W_sum0"] = W64.sum(axis=0)
         out["W_sq0"] = float(np.vdot(W64, W64))
-        if update_W:
-            num, den = block.ratios(L)
-            numerator = block.times(num, H.T)
-            denominator = (H.sum(axis=1)[None, :] if den is None else block.times(den, H.T))
-            W = mu.beta_update(W, numerator, denominator, l1, l2, gamma)
-            if beta < 1:  # scikit-learn: necessary for stability with beta_loss < 1
-                W[W < TINY] = 0.0
-        if partials:
-            num, den = block.ratios(block.evaluate(W, H))
-            out["num_H"] = block.times_left(W, num)
-            if den is None:
-                out["W_sum"] = W.sum(axis=0, dtype=np.float64)
-            else:
-                out["den_H"] = block.times_left(W, den)
+    if update_W:
+        num, den = block.ratios(L)
+        del L
+        numerator = block.times(num, H.T)
+        denominator = (H.sum(axis=1)[None, :] if den is None else block.times(den, H.T))
+        W = mu.beta_update(W, numerator, denominator, l1, l2, gamma)
+        if beta < 1:  # scikit-learn: necessary for stability with beta_loss < 1
+            W[W < TINY] = 0.0
+    if partials:
+        num, den = block.ratios(block.evaluate(W, H))
+        out["num_H"] = block.times_left(W, num)
+        if den is None:
+            out["W_sum"] = W.sum(axis=0, dtype=np.float64)
+        else:
+            out["den_H"] = block.times_left(W, den)
     return W, out
 
 
@@ -643,19 +673,18 @@ def beta_transform_block(
     H = np.asarray(H, dtype=V.dtype)
     denominator0 = H.sum(axis=1)[None, :]
     done = 0
-    with small_blas():
-        first = previous = block.divergence(block.evaluate(W, H), W, H)
-        for done in range(1, max_iter + 1):
-            num, den = block.ratios(block.evaluate(W, H))
-            denominator = denominator0 if den is None else block.times(den, H.T)
-            W = mu.beta_update(W, block.times(num, H.T), denominator, l1, l2, gamma)
-            if beta < 1:
-                W[W < TINY] = 0.0
-            if tol > 0 and done % 10 == 0:
-                current = block.divergence(block.evaluate(W, H), W, H)
-                if first <= 0 or (previous - current) / first < tol:
-                    break
-                previous = current
+    first = previous = block.divergence(block.evaluate(W, H), W, H)
+    for done in range(1, max_iter + 1):
+        num, den = block.ratios(block.evaluate(W, H))
+        denominator = denominator0 if den is None else block.times(den, H.T)
+        W = mu.beta_update(W, block.times(num, H.T), denominator, l1, l2, gamma)
+        if beta < 1:
+            W[W < TINY] = 0.0
+        if tol > 0 and done % 10 == 0:
+            current = block.divergence(block.evaluate(W, H), W, H)
+            if first <= 0 or (previous - current) / first < tol:
+                break
+            previous = current
     return W, Sums(max_iter_done=done)
 
 

@@ -68,7 +68,11 @@ def update(
         for j in range(k) if order is None else order:
             if diag[j] == 0:
                 continue
-            row = F[j] + (P[j] - G[j] @ F) / diag[j]
+            # F[j] + (P[j] - G[j] F) / G[j, j], clipped at 0, with one temporary.
+            row = G[j] @ F
+            np.subtract(P[j], row, out=row)
+            row /= diag[j]
+            row += F[j]
             np.maximum(row, 0, out=row)
             if max_sweeps > 1:
                 d = row - F[j]
