@@ -65,6 +65,9 @@ def _add_fit_options(p: argparse.ArgumentParser, scheduler: bool = True) -> None
     p.add_argument("--l1-ratio", type=float, default=0.0)
     p.add_argument("--random-state", type=int, default=None)
     p.add_argument("--block-rows", type=int, default=None, help="rows per block of V")
+    p.add_argument("--resident", default="auto", choices=["auto", "yes", "no"],
+                   help="keep V in the workers' memory after one read (auto: when it takes "
+                        "at most 30%% of their total memory limit)")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="checkpoint into the output store every N iterations")
     p.add_argument("--checkpoint-seconds", type=float, default=None,
@@ -125,13 +128,14 @@ def fit_argv(options: dict[str, Any]) -> list[str]:
 
 
 _FIT_OPTIONS = ("n_components", "init", "solver", "beta_loss", "missing", "max_iter", "tol",
-                "alpha_W", "alpha_H", "l1_ratio", "random_state", "block_rows",
+                "alpha_W", "alpha_H", "l1_ratio", "random_state", "block_rows", "resident",
                 "checkpoint_every", "checkpoint_seconds")
 
 
 def _estimator(options: dict[str, Any], output: str | None) -> NMF:
     kw = {key: options.get(key) for key in _FIT_OPTIONS}  # stores of older versions lack some
     kw["beta_loss"] = kw["beta_loss"] or "frobenius"
+    kw["resident"] = {"yes": True, "no": False}.get(kw["resident"] or "auto", "auto")
     if kw["alpha_H"] != "same":
         kw["alpha_H"] = float(kw["alpha_H"])
     if kw["beta_loss"] not in ("frobenius", "kullback-leibler", "itakura-saito"):

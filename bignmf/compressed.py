@@ -31,22 +31,27 @@ n)``, ``q`` power iterations, ``p`` polishing iterations):
 * passes over V: ``1 + q + p`` (defaults 1 + 2 + 3 = 6), against one per iteration for
   the exact fit; each sketch pass does ``4 m n l`` flops (two GEMMs of width l, about
   ``l / k`` exact passes' compute), each polishing pass is one exact iteration;
-* memory beside V's blocks: ``Q`` (``m x l`` float64, on the workers, beside W) and
-  ``B`` (``l x n``, here); ``l / n`` of V's size for Q, as float64;
+* memory beside V's blocks: ``Q`` (``m x l`` float64 on the workers, beside W: ``2 l / n``
+  of a float32 V's size) and ``B`` (``l x n``, here);
 * per compressed iteration: ``O((m + n) l k + (m + n) k^2 sweeps)`` flops and one task
   per row block on the resident ``Q_i``, ``W_i`` (no I/O): for dense V far cheaper than a
   pass (``4 m n k`` flops plus reading V).
 
 When accuracy suffers: the compressed problem is the exact one for ``Q Q^T V``, so it is
 only as good as the sketch. With fast spectral decay (a low-rank signal plus modest noise:
-``sigma_{k+1} << sigma_k``) the top-k subspace is captured to high accuracy and the fit
-ends within a fraction of a percent of the exact one. With slow decay — flat singular
-values, noise-dominated data, ``n_components`` beyond the rank of the signal — the top-l
-subspace is ill-determined, the W, H of the compressed phase fit noise in the wrong
-subspace, and the few polishing passes cannot catch up with a full exact fit. More power
-iterations (each one pass) sharpen the decay (``sigma^(2q+1)``), a wider sketch helps too;
-otherwise use the exact solver. Only the Frobenius loss without missing entries is
-supported, and no checkpoints are written during the fit.
+``sigma_{k+1} << sigma_k``) the top-k subspace is captured to high accuracy: the sketch
+phase alone ends within 0.1% of the exact HALS objective, and after polishing the fit is
+as good as the exact one (often slightly better: it runs more, cheap, iterations). With
+slow decay — flat singular values, noise-dominated data, ``n_components`` beyond the rank
+of the signal — the top-l subspace is ill-determined and the compressed phase fits the
+wrong subspace. Measured on uniform noise (3000 x 300, k=30): the sketch phase ends 1.9%
+above the exact objective (5% without power iterations, 1.1% with 4), and 0.6% above
+after the 3 polishing passes (see ``tests/test_compressed.py``). More power iterations
+(one pass each) sharpen the decay (``sigma^(2q+1)``), a wider sketch helps too; else use
+the exact solver. The objective of the compressed phase is itself estimated from the
+sketch (its error is ``2 <(I - Q Q^T) V, W H>``); the polishing passes report exact values.
+Only the Frobenius loss without missing entries is supported, and no checkpoints are
+written (a worker lost during the fit fails it; W, Q live on the workers).
 """
 
 from __future__ import annotations
