@@ -369,20 +369,6 @@ def write_demo_matrix(path: str, m: int, n: int, rank: int, seed: int = 0,
     return z
 
 
-def _peak_rss(client: Any) -> dict[str, int]:
-    def vmhwm() -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    try:
-        return dict(client.run(vmhwm))
-    except Exception:  # pragma: no cover - not Linux
-        return {}
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     workdir = args.dir or tempfile.mkdtemp(prefix="bignmf-demo-")
     os.makedirs(workdir, exist_ok=True)
@@ -401,7 +387,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = os.path.join(workdir, "result.zarr")
     summary = run_fit(model, z, out, overwrite=True)
     rel = summary["reconstruction_err"] / np.sqrt(model._data_sq_norm)
-    peaks = _peak_rss(client)
+    peaks = cluster.worker_peak_memory(client)
     print(f"done: {summary['n_iter']} iterations in {summary['seconds']:.1f} s; "
           f"relative error ||V - WH|| / ||V|| = {rel:.4f}")
     if peaks:

@@ -148,3 +148,20 @@ def total_memory_limit(client: Any | None) -> int | None:
     no distributed client or a worker has no limit)."""
     limits = _memory_limits(client)
     return sum(limits) if limits and all(limits) else None
+
+
+def worker_peak_memory(client: Any) -> dict[str, int]:
+    """Each worker process's peak resident memory (``VmHWM``, Linux) in bytes, by worker
+    address; empty where it cannot be read."""
+    try:
+        return dict(client.run(_vmhwm))
+    except Exception:  # not Linux, or a worker gone
+        return {}
+
+
+def _vmhwm() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0

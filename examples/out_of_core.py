@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import shlex
 import time
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,6 +35,7 @@ import zarr
 from _common import DATA, Run, parser, pyplot, top_indices, top_terms_figure
 
 from bignmf import NMF, hpc
+from bignmf.cluster import worker_peak_memory
 
 
 def write_atlas(path: str, cells: sp.csr_matrix, m: int, rows_per_chunk: int,
@@ -59,21 +59,6 @@ def write_atlas(path: str, cells: sp.csr_matrix, m: int, rows_per_chunk: int,
         sumsq += float(np.sum(chunk.astype(np.float64) ** 2))
         z[start:start + rows] = chunk
     return z, sumsq
-
-
-def peak_memory(client: Any) -> dict[str, int]:
-    """Each worker's peak resident memory (VmHWM, Linux) in bytes."""
-    def vmhwm() -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    try:
-        return dict(client.run(vmhwm))
-    except OSError:
-        return {}
 
 
 def main() -> None:
@@ -132,7 +117,7 @@ def main() -> None:
     W.to_zarr(str(run.out / "W.zarr"), overwrite=True)  # written by the workers, block by block
     np.save(run.out / "H.npy", model.components_)
     rel_err = model.reconstruction_err_ / np.sqrt(sumsq)
-    peaks = peak_memory(client)
+    peaks = worker_peak_memory(client)
     print(f"fit: {model.n_iter_} iterations in {fit_seconds:.1f} s "
           f"({fit_seconds / (model.n_iter_ + 1):.1f} s per pass over V), relative error "
           f"{rel_err:.3f}; W -> "
