@@ -133,7 +133,7 @@ _FIT_OPTIONS = ("n_components", "init", "solver", "beta_loss", "missing", "max_i
 
 
 def _estimator(options: dict[str, Any], output: str | None) -> NMF:
-    kw = {key: options.get(key) for key in _FIT_OPTIONS}  # stores of older versions lack some
+    kw: dict[str, Any] = {key: options.get(key) for key in _FIT_OPTIONS}  # older stores lack some
     kw["beta_loss"] = kw["beta_loss"] or "frobenius"
     kw["resident"] = {"yes": True, "no": False}.get(kw["resident"] or "auto", "auto")
     if kw["alpha_H"] != "same":
