@@ -332,15 +332,19 @@ def gemm_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 1b. time to error
 
 
-def sklearn_to_target(V: np.ndarray, k: int, solver: str, max_iter: int,
-                      seed: int) -> dict[str, Any]:
+def sklearn_to_target(V: Any, k: int, solver: str, max_iter: int, seed: int,
+                      err_fn: Callable[[Any, Any, np.ndarray], float] | None = None
+                      ) -> dict[str, Any]:
+    """scikit-learn's NMF (``init='nndsvda'``, ``tol=0``): wall time, initialization
+    included, and its error recomputed in float64 by ``err_fn`` (default
+    :func:`exact_err`, dense V)."""
     from sklearn.decomposition import NMF as SkNMF
 
     est = SkNMF(n_components=k, init="nndsvda", solver=solver, tol=0.0, max_iter=max_iter,
                 random_state=seed)
     with quiet():
         t, W = timed(lambda: est.fit_transform(V))
-    err = exact_err(V, W, est.components_)
+    err = (err_fn or exact_err)(V, W, est.components_)
     return {"seconds": t, "n_iter": int(est.n_iter_),
             "err_reported": float(est.reconstruction_err_), "err": err}
 

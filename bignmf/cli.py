@@ -50,7 +50,9 @@ def _add_fit_options(p: argparse.ArgumentParser, scheduler: bool = True) -> None
     p.add_argument("--init", default=None,
                    choices=["random", "nndsvd", "nndsvda", "nndsvdar"],
                    help="initialization (default: nndsvda, as scikit-learn)")
-    p.add_argument("--solver", default="cd", choices=["cd", "hals", "mu"])
+    p.add_argument("--solver", default="cd", choices=["cd", "hals", "mu", "compressed"],
+                   help="cd (HALS), mu (multiplicative updates; other losses, missing "
+                        "entries) or compressed (HALS on a sketch of V, then exact polishing)")
     p.add_argument("--beta-loss", default="frobenius",
                    help="frobenius, kullback-leibler, itakura-saito or a number "
                         "(other than frobenius: with --solver mu)")

@@ -67,9 +67,9 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from bignmf.fit import SWEEP_TOL, FitResult, IterationInfo, auto_sweeps, fit
-from bignmf.init import Initial, _mean, _nndsvd_W_block, _signed_sq_norms, check_stats
+from bignmf.init import Initial, check_stats, nndsvd_from_svd, random_factors
 from bignmf.losses import Penalty, frobenius_sq, objective
-from bignmf.passes import Sums, _sweep_rows, range_block, sketch_block
+from bignmf.passes import Sums, range_block, sketch_block, sweep_rows
 from bignmf.solvers import hals, small_blas
 
 logger = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def fit_compressed(
         if init == "custom":
             W_blocks, H = ex.split(W), np.array(H, dtype=dtype)
         elif init == "random":
-            W_blocks, H = _random_start(ex, shape, dtype, k, rng, stats)
+            W_blocks, H = random_factors(ex, shape, dtype, k, rng, stats)
         else:
             W_blocks, H = _nndsvd_start(ex, Q_blocks, B, k, init, rng, stats, shape, dtype)
 
@@ -316,24 +316,11 @@ def _times(Y: np.ndarray, T: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- initialization
-def _random_start(ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int, rng: Any,
-                  stats: Sums) -> tuple[list[Any], np.ndarray]:
-    """scikit-learn's random init (scaled by the mean of V, which the sketch measured)."""
-    avg = np.sqrt(_mean(stats, shape) / k)
-    H = np.abs(avg * rng.standard_normal(size=(k, shape[1])).astype(dtype, copy=False))
-    W_parts = [
-        np.abs(avg * rng.standard_normal(size=(stop - start, k)).astype(dtype, copy=False))
-        for start, stop in ex.row_bounds
-    ]
-    return ex.put([w.astype(dtype, copy=False) for w in W_parts]), H.astype(dtype, copy=False)
-
-
 def _nndsvd_start(ex: Any, Q_blocks: list[Any], B: np.ndarray, k: int, init: str, rng: Any,
                   stats: Sums, shape: tuple[int, int], dtype: np.dtype
                   ) -> tuple[list[Any], np.ndarray]:
     """NNDSVD (Boutsidis & Gallopoulos 2008, as scikit-learn) of ``Q B``: its SVD is
     ``(Q Ub) S Vt`` with ``B = Ub S Vt``; W is made on the workers from ``U = Q Ub``."""
-    n = shape[1]
     Ub, S, Vt = np.linalg.svd(B, full_matrices=False)
     if S.size < k:  # an exactly low-rank V: the missing singular values are zero
         pad = k - S.size
@@ -343,41 +330,7 @@ def _nndsvd_start(ex: Any, Q_blocks: list[Any], B: np.ndarray, k: int, init: str
     tiny = S[0] * 1e-7 < S if S[0] > 0 else np.zeros(k, dtype=bool)
     M = np.where(tiny, Ub, 0.0)  # U = Q M
 
-    _, norms = ex.run([], ex.total(ex.map(_signed_sq_norms, Q_blocks, M=M)))
-    coef, sign = np.zeros(k), np.ones(k)
-    H = np.zeros((k, n))
-    coef[0], sign[0] = np.sqrt(S[0]), 0.0  # 0 marks "absolute value" for the leading pair
-    H[0] = np.sqrt(S[0]) * np.abs(Vt[0])
-    for j in range(1, k):
-        y = Vt[j]
-        y_p, y_n = np.maximum(y, 0), np.abs(np.minimum(y, 0))
-        x_p_nrm, x_n_nrm = np.sqrt(norms["pos"][j]), np.sqrt(norms["neg"][j])
-        y_p_nrm, y_n_nrm = np.linalg.norm(y_p), np.linalg.norm(y_n)
-        m_p, m_n = x_p_nrm * y_p_nrm, x_n_nrm * y_n_nrm
-        if m_p > m_n:
-            x_nrm, v, sigma, sign[j] = x_p_nrm, y_p / y_p_nrm, m_p, 1.0
-        elif m_n > 0:
-            x_nrm, v, sigma, sign[j] = x_n_nrm, y_n / y_n_nrm, m_n, -1.0
-        else:
-            continue
-        lbd = np.sqrt(S[j] * sigma)
-        coef[j] = lbd / x_nrm
-        H[j] = lbd * v
-
-    eps = 1e-6
-    H[eps > H] = 0
-    mean = _mean(stats, shape)
-    if init == "nndsvda":
-        H[H == 0] = mean
-    elif init == "nndsvdar":
-        zeros = H == 0
-        H[zeros] = np.abs(mean * rng.standard_normal(size=int(zeros.sum())) / 100)
-    seeds = (rng.randint(0, 2**31 - 1, size=len(ex.row_bounds)) if init == "nndsvdar"
-             else [0] * len(ex.row_bounds))
-    W_blocks = ex.map(_nndsvd_W_block, Q_blocks, list(seeds), M=M, coef=coef, sign=sign,
-                      eps=eps, fill=init[6:], mean=mean, dtype=dtype)
-    W_blocks, _ = ex.run(W_blocks)
-    return W_blocks, H.astype(dtype)
+    return nndsvd_from_svd(ex, Q_blocks, M, S, Vt, init, rng, stats, shape, dtype)
 
 
 # --------------------------------------------------------------------------- iterations
@@ -389,7 +342,7 @@ def _compressed_W_step(
 
     Reads no V: ``Q_i`` and ``W_i`` are resident. Runs under the caller's one-thread BLAS
     limit (:func:`~bignmf.solvers.small_blas`; dask workers run one thread). Rows stop
-    sweeping on their own (:func:`bignmf.passes._sweep_rows`), so the result does not
+    sweeping on their own (:func:`bignmf.passes.sweep_rows`), so the result does not
     depend on the blocks.
     Returns the new ``W_i`` and ``QtW`` (``Q_i^T W_i``, l x k), ``WtW``, ``W_sum`` (and the
     same of the incoming ``W_i`` with ``initial_loss``). ``O(r l k + r k^2 sweeps)`` flops.
@@ -401,7 +354,7 @@ def _compressed_W_step(
     F = np.array(W.T, order="C")
     P = np.ascontiguousarray((Q @ BHt).T, dtype=F.dtype)
     if sweep_tol > 0 and max_sweeps > 1:
-        F, sweeps = _sweep_rows(hals.update, F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
+        F, sweeps = sweep_rows(hals.update, F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
     else:
         F, sweeps = hals.update(F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
     F64 = F.astype(np.float64)

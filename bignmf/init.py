@@ -97,15 +97,21 @@ def _random(ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int, random_sta
             beta: float, missing: str | None) -> Initial:
     _, stats = ex.run([], ex.total(ex.map(block_stats, ex.blocks(), missing=missing)))
     check_stats(stats, beta=beta)
-    n = shape[1]
+    W_blocks, H = random_factors(ex, shape, dtype, k, check_random_state(random_state), stats)
+    return Initial(W_blocks, H, stats, passes=1)
+
+
+def random_factors(ex: Any, shape: tuple[int, int], dtype: Any, k: int, rng: Any,
+                   stats: Sums) -> tuple[list[Any], np.ndarray]:
+    """scikit-learn's random start, ``|N(0, 1)| * sqrt(mean(V) / k)``, drawn from ``rng``
+    in its order (H, then W row by row); W goes to the executor block by block."""
     avg = np.sqrt(_mean(stats, shape) / k)
-    rng = check_random_state(random_state)
-    H = np.abs(avg * rng.standard_normal(size=(k, n)).astype(dtype, copy=False))
+    H = np.abs(avg * rng.standard_normal(size=(k, shape[1])).astype(dtype, copy=False))
     W_parts = [
         np.abs(avg * rng.standard_normal(size=(stop - start, k)).astype(dtype, copy=False))
         for start, stop in ex.row_bounds
     ]
-    return Initial(ex.put(W_parts), H.astype(dtype, copy=False), stats, passes=1)
+    return ex.put(W_parts), H.astype(dtype, copy=False)
 
 
 def _nndsvd(
@@ -138,8 +144,24 @@ def _nndsvd(
     tiny = S[0] * 1e-7 < S if S[0] > 0 else np.zeros(k, dtype=bool)
     M = np.where(tiny, G / np.where(tiny, S, 1.0), 0.0)  # U = C @ M
 
-    # Column norms of the positive and negative parts of U (a pass over C, not V).
-    _, norms = ex.run([], ex.total(ex.map(_signed_sq_norms, C_blocks, M=M)))
+    W_blocks, H = nndsvd_from_svd(ex, C_blocks, M, S, Vt, init, rng, stats, shape, dtype)
+    return Initial(W_blocks, H, stats, passes=2)
+
+
+def nndsvd_from_svd(
+    ex: Any, X_blocks: list[Any], M: np.ndarray, S: np.ndarray, Vt: np.ndarray, init: str,
+    rng: Any, stats: Sums, shape: tuple[int, int], dtype: Any,
+) -> tuple[list[Any], np.ndarray]:
+    """NNDSVD (Boutsidis & Gallopoulos 2008, as scikit-learn) from a truncated SVD
+    ``V ~ U diag(S) Vt`` whose left factor ``U = X M`` is held in row blocks ``X_i`` on the
+    executor (``C = V Q`` here, the sketch basis in :mod:`bignmf.compressed`).
+
+    Costs one pass over the ``X`` blocks (not V) for the norms of the positive and negative
+    parts of U; W is formed where the blocks are, H here. Returns ``(W_blocks, H)``.
+    """
+    k, n = Vt.shape[0], shape[1]
+    # Column norms of the positive and negative parts of U (a pass over X, not V).
+    _, norms = ex.run([], ex.total(ex.map(_signed_sq_norms, X_blocks, M=M)))
     coef, sign = np.zeros(k), np.ones(k)
     H = np.zeros((k, n))
     coef[0] = np.sqrt(S[0])
@@ -172,11 +194,11 @@ def _nndsvd(
     seeds = rng.randint(0, 2**31 - 1, size=len(ex.row_bounds)) if init == "nndsvdar" else \
         [0] * len(ex.row_bounds)
     W_blocks = ex.map(
-        _nndsvd_W_block, C_blocks, list(seeds), M=M, coef=coef, sign=sign, eps=eps,
+        _nndsvd_W_block, X_blocks, list(seeds), M=M, coef=coef, sign=sign, eps=eps,
         fill=init[6:], mean=mean, dtype=dtype,
     )
     W_blocks, _ = ex.run(W_blocks)
-    return Initial(W_blocks, H.astype(dtype), stats, passes=2)
+    return W_blocks, H.astype(dtype)
 
 
 def _signed_sq_norms(C: np.ndarray, M: np.ndarray) -> Sums:

@@ -219,7 +219,7 @@ def frobenius_step(
         Solver sweeps on ``W_i``; with ``sweep_tol > 0`` each row of ``W_i`` stops on its
         own once a sweep changes it by at most ``sweep_tol`` times its first change (rows
         are independent problems given H, so the result does not depend on how V is split
-        into blocks, see :func:`_sweep_rows`).
+        into blocks, see :func:`sweep_rows`).
     order : ndarray of int, optional
         Order of the components in a sweep (``shuffle=True``); default ``0..k-1``.
     update_W : bool
@@ -250,7 +250,7 @@ def frobenius_step(
             out["W_sum0"] = F.sum(axis=1, dtype=np.float64)
         if update_W:
             if sweep_tol > 0 and max_sweeps > 1:
-                F, sweeps = _sweep_rows(update, F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
+                F, sweeps = sweep_rows(update, F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
             else:
                 F, sweeps = update(F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
             out["sweeps"] = sweeps
@@ -262,7 +262,7 @@ def frobenius_step(
     return F.T, out
 
 
-def _sweep_rows(
+def sweep_rows(
     update: Callable[..., tuple[np.ndarray, int]], F: np.ndarray, P: np.ndarray,
     G: np.ndarray, l1: float, l2: float, max_sweeps: int, sweep_tol: float,
     order: np.ndarray | None,
@@ -337,7 +337,7 @@ def transform_block(
     on which other rows share its block (scikit-learn's subset-invariance).
 
     W_i starts from zero, as scikit-learn's coordinate descent does, and is solved by
-    :func:`_sweep_rows`.
+    :func:`sweep_rows`.
 
     Returns
     -------
@@ -352,7 +352,7 @@ def transform_block(
     P = _right(V, H)
     F = np.zeros((k, V.shape[0]), dtype=V.dtype)
     with small_blas():
-        F, done = _sweep_rows(update, F, P, HHt, l1, l2, max_iter, tol, None)
+        F, done = sweep_rows(update, F, P, HHt, l1, l2, max_iter, tol, None)
     return F.T.copy(), Sums(max_iter_done=done)
 
 
