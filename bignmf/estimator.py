@@ -39,7 +39,12 @@ from bignmf.executor import DaskExecutor, Eager
 from bignmf.fit import FitResult, IterationInfo, fit
 from bignmf.init import Initial, initialize, resolve_init
 from bignmf.losses import Penalty, beta_to_float
-from bignmf.passes import beta_transform_block, check_missing, transform_block
+from bignmf.passes import (
+    beta_transform_block,
+    check_missing,
+    masked_transform_block,
+    transform_block,
+)
 from bignmf.progress import Progress
 from bignmf.solvers import SOLVER_NAMES, hals, mu
 
@@ -85,6 +90,10 @@ _CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
 _PROBLEM_PARAMS = ("init", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio", "shuffle",
                    "inner_sweeps", "random_state", "missing")
 
+
+#: Masked HALS (``missing`` with ``solver='cd'``) holds ``n x k x k`` per-column Gram sums
+#: (float64) beside each block and on the client; above this, ``solver='mu'`` is required.
+MASKED_GRAM_BYTES = 2**28
 
 #: ``resident='auto'`` keeps V in the workers' memory when it takes at most this fraction of
 #: their total memory limit (the rest is for W, the kernels' temporaries and dask).
@@ -137,7 +146,9 @@ l1_ratio, verbose, shuffle
         data (NaN is an error). ``'nan'``: NaN entries of dense V are missing.
         ``'unstored'``: for sparse V, only the stored entries are observed (the recommender
         convention; a stored zero is an observed zero). The fit minimizes the loss over the
-        observed entries only (masked NMF, ``solver='mu'``, any ``beta_loss``);
+        observed entries only (masked NMF): Frobenius with ``solver='cd'`` (HALS with each
+        row's and column's own Gram matrix, ``n k^2`` floats of sums per block) or
+        ``'mu'``, other losses with ``'mu'``;
         ``reconstruction_err_`` is over them too, and ``W @ H`` predicts the missing ones.
     resident : 'auto' or bool, default='auto'
         Out-of-core inputs only: read V once into the workers' memory and iterate from
@@ -227,11 +238,10 @@ l1_ratio, verbose, shuffle
                 f"Invalid beta_loss parameter: solver {self.solver!r} does not handle "
                 f"beta_loss = {self.beta_loss!r}"
             )
-        if self.missing is not None and self.solver != "mu":
+        if self.missing is not None and self.solver == "compressed":
             raise InvalidParameterError(
                 f"Invalid missing parameter: solver {self.solver!r} does not handle "
-                f"missing = {self.missing!r}; masked fits use solver='mu' (multiplicative "
-                "updates over the observed entries)"
+                f"missing = {self.missing!r}; use solver='cd' or 'mu'"
             )
         if self.solver == "compressed" and self.checkpoint is not None:
             raise InvalidParameterError(
@@ -380,6 +390,12 @@ l1_ratio, verbose, shuffle
             W_out, n_iter = self._solve_W(ex, H, shape, dtype, compute=True)
             return W_out, H, n_iter, None
         init = resolve_init(self.init, k, shape)
+        if (self.missing is not None and self.solver != "mu"
+                and shape[1] * k * k * 8 > MASKED_GRAM_BYTES):
+            raise ValueError(
+                f"missing={self.missing!r} with solver={self.solver!r} sums a {k} x {k} Gram "
+                f"matrix per column of X ({shape[1] * k * k * 8 / 2**20:.0f} MiB for "
+                f"{shape[1]} columns); use solver='mu', whose memory does not grow so")
         if self.solver == "compressed":
             return self._fit_compressed(ex, shape, dtype, k, init, W, H, callback, resume)
         checkpointer, state = self._checkpointing(shape, dtype, k, resume, ex)
@@ -486,7 +502,13 @@ l1_ratio, verbose, shuffle
         H64 = H.astype(np.float64)
         penalty = Penalty.from_alphas(shape, self.alpha_W, self.alpha_H, self.l1_ratio)
         beta = beta_to_float(self.beta_loss)
-        if beta == 2 and self.missing is None:
+        if beta == 2 and self.missing is not None and self.solver != "mu":
+            outs = ex.map(
+                masked_transform_block, ex.blocks(), nout=2, H=H, HHt=H64 @ H64.T,
+                missing=self.missing, l1=penalty.l1_W, l2=penalty.l2_W,
+                max_iter=self.max_iter, tol=self.tol,
+            )
+        elif beta == 2 and self.missing is None:
             outs = ex.map(
                 transform_block, ex.blocks(), nout=2, H=H, HHt=H64 @ H64.T,
                 update=hals.update, l1=penalty.l1_W, l2=penalty.l2_W, max_iter=self.max_iter,

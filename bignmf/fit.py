@@ -28,8 +28,8 @@ from sklearn.utils import check_random_state
 from bignmf.checkpoint import Checkpointer, FitState
 from bignmf.init import Initial, check_stats
 from bignmf.losses import Penalty, beta_error, frobenius_sq, objective
-from bignmf.passes import TINY, Sums, beta_step, frobenius_step
-from bignmf.solvers import get_solver, mu, small_blas
+from bignmf.passes import TINY, Sums, beta_step, frobenius_step, masked_hals_step
+from bignmf.solvers import get_solver, hals, mu, small_blas
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ def fit(
     sweep_tol = SWEEP_TOL if inner_sweeps == "auto" else 0.0
 
     frobenius = beta == 2 and missing is None
+    masked_hals = beta == 2 and missing is not None and solver != "mu"
     W_blocks, H, stats = initial.W_blocks, initial.H, initial.stats
     history: list[float] = []
     loss_sq, converged = np.nan, False
@@ -143,7 +144,7 @@ def fit(
         history = list(state.history)
         loss_sq = float(state.extra.get("loss_sq", np.nan))
         converged = bool(state.extra.get("converged", False))
-        if not frobenius and not converged:
+        if not (frobenius or masked_hals) and not converged:
             # A beta fit learns the loss of iterate t in pass t + 1; a checkpoint written at
             # the end of a fit (max_iter) also has the extra pass's value, which the next
             # pass recomputes.
@@ -191,12 +192,19 @@ def fit(
         t0 = time.perf_counter()
         first = not history
         H_old = H
-        if frobenius:
+        if frobenius or masked_hals:
             with small_blas():
                 H64 = H.astype(np.float64)
                 HHt = H64 @ H64.T
             order_W = rng.permutation(k) if rng is not None else None
             order_H = rng.permutation(k) if rng is not None else None
+        if masked_hals:
+            outs = ex.map(
+                masked_hals_step, ex.blocks(), W_blocks, nout=2, H=H, HHt=HHt,
+                missing=missing, l1=penalty.l1_W, l2=penalty.l2_W, max_sweeps=sweeps_W,
+                sweep_tol=sweep_tol, order=order_W, initial_loss=first, stats=stats is None,
+            )
+        elif frobenius:
             outs = ex.map(
                 frobenius_step, ex.blocks(), W_blocks, nout=2,
                 H=H, HHt=HHt, update=update, l1=penalty.l1_W, l2=penalty.l2_W,
@@ -215,7 +223,24 @@ def fit(
             check_stats(sums, beta=beta)
             stats = sums
         with small_blas():  # the update of H and the loss: small products, one thread
-            if frobenius:
+            if masked_hals:
+                sq_norm_V = float(stats["sumsq"])  # of the observed entries
+                if first:
+                    loss0 = max(sq_norm_V - 2.0 * sums["cross0"] + sums["quad0"], 0.0)
+                    history.append(objective(loss0, penalty, float(sums["W_sum0"].sum()),
+                                             sums["W_sq0"], H))
+                grams = (sums["Gcols"] if missing == "unstored"
+                         else sums["WtW"][None, :, :] - sums["Gcols"])
+                H, _ = hals.update_rows(
+                    H.copy(), sums["WtV"].astype(H.dtype, copy=False), grams,
+                    penalty.l1_H, penalty.l2_H, sweeps_H, sweep_tol, order_H,
+                )
+                H64 = H.astype(np.float64)
+                loss_sq = max(sq_norm_V - 2.0 * float(np.vdot(sums["WtV"], H64))
+                              + float(np.einsum("kn,nkl,ln->", H64, grams, H64)), 0.0)
+                history.append(objective(loss_sq, penalty, float(sums["W_sum"].sum()),
+                                         float(np.trace(sums["WtW"])), H))
+            elif frobenius:
                 sq_norm_V = float(stats["sumsq"])
                 if first:
                     loss0 = max(sq_norm_V - 2.0 * sums["cross0"]
@@ -245,7 +270,7 @@ def fit(
                     H[H < TINY] = 0.0
         decrease = _decrease(history)
         converged = history[-1] <= 0 or (tol > 0 and decrease < tol)
-        if not frobenius and (converged or it == max_iter):
+        if not (frobenius or masked_hals) and (converged or it == max_iter):
             try:
                 last = beta_loss_pass()
             except Exception as err:

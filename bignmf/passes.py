@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from bignmf.solvers import mu, small_blas
+from bignmf.solvers import hals, mu, small_blas
 
 
 def _combine(key: str) -> Callable[[Any, Any], Any]:
@@ -716,3 +716,133 @@ def range_block(V: Any, P: np.ndarray, *, stats: bool = False) -> tuple[np.ndarr
     Y = Y.astype(np.float64)
     out["YtY"] = Y.T @ Y
     return Y, out
+
+
+# ---------------------------------------------------------------------------------------
+# Missing entries with HALS (solver='cd'): per-row and per-column Gram matrices
+
+def masked_hals_step(
+    V: Any,
+    W: np.ndarray,
+    H: np.ndarray,
+    HHt: np.ndarray,
+    *,
+    missing: str,
+    l1: float,
+    l2: float,
+    max_sweeps: int,
+    sweep_tol: float,
+    order: np.ndarray | None = None,
+    initial_loss: bool = False,
+    stats: bool = False,
+) -> tuple[np.ndarray, Sums]:
+    """One fused HALS iteration on a row block for the masked Frobenius loss
+    ``0.5 sum_observed (V_ij - W_i H_j)^2``: reads ``V_i`` once.
+
+    Row ``i`` of W sees only its observed columns, so its Gram matrix is its own:
+    ``G_i = sum_{j observed} H_j H_j^T`` — formed as ``H H^T`` minus the missing columns'
+    outer products when NaN marks a few missing entries (``missing='nan'``), or from the
+    stored entries of a sparse block (``missing='unstored'``): ``O(e k^2)`` for ``e`` such
+    entries. The rows of ``W_i`` are then solved by :func:`bignmf.solvers.hals.update_rows`.
+    For the update of H, the same per column: the block's part of ``G_j = sum_{i observed}
+    W_i W_i^T`` (an ``n x k x k`` partial sum, or ``W_i^T W_i`` and the missing entries'
+    part) and ``W_i^T V_i`` (missing entries as zeros).
+
+    Returns
+    -------
+    W_new : ndarray of shape (r, k)
+    sums : Sums
+        ``WtV`` (k x n), ``Gcols`` (n x k x k: observed Grams, ``'unstored'``; or the
+        missing entries' part to subtract from ``WtW``, ``'nan'``), ``WtW``, ``W_sum``,
+        ``sweeps``; with ``initial_loss`` the W side of the incoming iterate's loss
+        (``cross0 = <W, V H^T>``, ``quad0 = sum_i w_i^T G_i w_i``, ``W_sum0``, ``W_sq0``).
+    """
+    V = _as_compute_block(V)
+    check_missing(V, missing)
+    out = block_stats(V, missing) if stats else Sums()
+    if out.get("nonfinite"):
+        return W, out
+    n = V.shape[1]
+    k = H.shape[0]
+    pattern, X = _masked_parts(V, missing)
+    F = np.array(W.T, dtype=V.dtype, order="C")
+    P = _right(X, H)
+    with small_blas():
+        grams = _row_grams(pattern, H, HHt, missing)
+        if initial_loss:
+            F64 = F.astype(np.float64)
+            out["cross0"] = float(np.vdot(F64, P))
+            out["quad0"] = float(np.einsum("kr,rkl,lr->", F64, grams, F64))
+            out["W_sum0"] = F64.sum(axis=1)
+            out["W_sq0"] = float(np.vdot(F64, F64))
+        F, out["sweeps"] = hals.update_rows(F, P, grams.astype(F.dtype, copy=False), l1, l2,
+                                            max_sweeps, sweep_tol, order)
+    out["WtV"] = _left(F, X).astype(np.float64, copy=False)
+    with small_blas():
+        F64 = F.astype(np.float64)
+        out["WtW"] = F64 @ F64.T
+        out["W_sum"] = F64.sum(axis=1)
+        out["Gcols"] = _entry_grams(pattern, np.ascontiguousarray(F64.T), by_row=False,
+                                    n_cols=n).reshape(n, k, k)
+    return F.T, out
+
+
+def _masked_parts(V: Any, missing: str) -> tuple[sp.csr_matrix, Any]:
+    """``(pattern, X)``: the sparse pattern of the observed entries (``'unstored'``) or of
+    the missing ones (``'nan'``), and V with the missing entries as zeros."""
+    if missing == "unstored":
+        return V, V
+    nan = np.isnan(V)
+    return sp.csr_matrix(nan), (np.where(nan, V.dtype.type(0), V) if nan.any() else V)
+
+
+def _row_grams(pattern: sp.csr_matrix, H: np.ndarray, HHt: np.ndarray,
+               missing: str) -> np.ndarray:
+    """Each row's Gram matrix over its observed columns, ``(r, k, k)`` float64."""
+    grams = _entry_grams(pattern, np.ascontiguousarray(H.T, dtype=np.float64), by_row=True)
+    return HHt[None, :, :] - grams if missing == "nan" else grams
+
+
+def masked_transform_block(
+    V: Any, H: np.ndarray, HHt: np.ndarray, *, missing: str, l1: float, l2: float,
+    max_iter: int, tol: float,
+) -> tuple[np.ndarray, Sums]:
+    """W for a block with H fixed, over the observed entries only (one read of ``V_i``):
+    each row from zero by HALS with its own Gram matrix, stopping on its own at ``tol``
+    (as :func:`transform_block`, which it is when nothing is missing)."""
+    V = _as_compute_block(V)
+    check_missing(V, missing)
+    pattern, X = _masked_parts(V, missing)
+    P = _right(X, H)
+    F = np.zeros((H.shape[0], V.shape[0]), dtype=V.dtype)
+    with small_blas():
+        grams = _row_grams(pattern, H, HHt, missing).astype(V.dtype, copy=False)
+        F, done = hals.update_rows(F, P, grams, l1, l2, max_iter, tol)
+    return F.T.copy(), Sums(max_iter_done=done)
+
+
+def _entry_grams(pattern: sp.csr_matrix, X: np.ndarray, *, by_row: bool,
+                 n_cols: int | None = None) -> np.ndarray:
+    """Sums of outer products over the entries of a sparse ``pattern`` (r x n).
+
+    ``by_row``: for each row ``i``, ``sum_{j in row i} X_j X_j^T`` with ``X`` of shape
+    (n, k) (H transposed) -> (r, k, k). Else for each column ``j``, ``sum_{i in col j}
+    X_i X_i^T`` with ``X`` of shape (r, k) (W) -> (n, k, k). Formed as a sparse
+    (groups x entries) matrix times the entries' outer products, in slices of entries.
+    """
+    r, n = pattern.shape
+    k = X.shape[1]
+    groups = r if by_row else (n_cols if n_cols is not None else n)
+    out = np.zeros((groups, k * k))
+    indptr, indices = pattern.indptr, pattern.indices
+    rows = np.repeat(np.arange(r), np.diff(indptr))
+    step = max(1, (1 << 21) // (k * k))
+    for a in range(0, indices.size, step):
+        b = min(a + step, indices.size)
+        E = X[indices[a:b]] if by_row else X[rows[a:b]]
+        outer = (E[:, :, None] * E[:, None, :]).reshape(b - a, k * k)
+        group = rows[a:b] if by_row else indices[a:b]
+        select = sp.csr_matrix((np.ones(b - a), (group, np.arange(b - a))),
+                               shape=(groups, b - a))
+        out += select @ outer
+    return out.reshape(groups, k, k)

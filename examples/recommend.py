@@ -23,7 +23,7 @@ Run:
 Out of core and on a cluster: --zarr writes the training ratings as a CSR matrix in Zarr
 (only the stored ratings, as AnnData writes sparse matrices) and fits it from disk on the
 embedded Dask cluster; --scheduler tcp://HOST:8786 fits on your cluster. The script prints
-the same fit as `bignmf fit OUT/ratings.zarr -k K --solver mu --missing unstored -o ...`,
+the same fit as `bignmf fit OUT/ratings.zarr -k K --missing unstored -o ...`,
 with `--cluster slurm` (Dask workers as SLURM jobs) or `bignmf submit ... --profile
 slurm-batch` (one batch job).
 """
@@ -104,12 +104,12 @@ def main() -> None:
 
     # --- masked NMF: the loss counts the stored ratings only ----------------------------
     source = run.source(R, "ratings")
-    model = NMF(n_components=k, solver="mu", missing="unstored", init="random",
+    model = NMF(n_components=k, missing="unstored", init="random",
                 alpha_W=args.alpha, max_iter=100 if run.quick else 300, tol=1e-4,
                 random_state=args.seed)
     W = run.dense(model.fit_transform(source))
     H = model.components_
-    run.cli_hint(source, k, f" --solver mu --missing unstored --alpha-W {args.alpha:g}")
+    run.cli_hint(source, k, f" --missing unstored --alpha-W {args.alpha:g}")
     print(f"masked NMF k={k}: {model.n_iter_} iterations")
 
     # users or items without a training rating have no factors: predict the global mean

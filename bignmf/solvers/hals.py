@@ -83,3 +83,56 @@ def update(
         elif change <= tol_sq * first:
             break
     return F, sweeps
+
+
+def update_rows(
+    F: np.ndarray,
+    P: np.ndarray,
+    G: np.ndarray,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    max_sweeps: int = 1,
+    sweep_tol: float = 0.0,
+    order: np.ndarray | None = None,
+) -> tuple[np.ndarray, int]:
+    """HALS sweeps where every column of ``F`` has its own Gram matrix: masked NMF.
+
+    With missing entries, row ``i`` of W solves ``min 0.5||x_o - w H_o||^2`` over its
+    observed columns ``o``: the Gram matrix ``H_o H_o^T`` differs from row to row. Same
+    rule and arguments as :func:`update`, except ``G`` of shape ``(r, k, k)`` (one Gram per
+    column of ``F``). Each column stops on its own once a sweep changes it by at most
+    ``sweep_tol`` times its first change, so the result does not depend on which columns
+    are solved together. Costs ``O(r k^2)`` per sweep.
+    """
+    k, r = F.shape
+    G = np.array(G, dtype=F.dtype)
+    if l2:
+        G[:, np.arange(k), np.arange(k)] += l2
+    if l1:
+        P = P - np.asarray(l1, dtype=F.dtype)
+    diag = np.ascontiguousarray(G[:, np.arange(k), np.arange(k)].T)  # (k, r)
+    safe = np.where(diag > 0, diag, 1)
+    Gt = np.ascontiguousarray(G.transpose(1, 0, 2))  # (k, r, k): row t of every Gram
+    first: np.ndarray | None = None
+    live = np.ones(r, dtype=bool)
+    tol_sq = sweep_tol * sweep_tol
+    sweeps = 0
+    for sweeps in range(1, max_sweeps + 1):  # noqa: B007 - the count is returned
+        before = F.copy() if max_sweeps > 1 else F
+        for t in range(k) if order is None else order:
+            grad = P[t] - np.einsum("rk,kr->r", Gt[t], F)
+            row = F[t] + grad / safe[t]
+            np.maximum(row, 0, out=row)
+            row[diag[t] <= 0] = F[t][diag[t] <= 0]  # a component no observed entry sees
+            F[t] = np.where(live, row, F[t])
+        if max_sweeps == 1:
+            break
+        d = F - before
+        change = np.einsum("ij,ij->j", d, d)
+        if first is None:
+            first = change
+            continue
+        live &= change > tol_sq * first
+        if not live.any():
+            break
+    return F, sweeps
