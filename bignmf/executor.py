@@ -28,6 +28,7 @@ import numpy as np
 from dask._task_spec import convert_legacy_graph
 from dask.delayed import Delayed
 
+from bignmf.cluster import active_client
 from bignmf.passes import Sums, ZarrBlock, load_block, tree_sum
 
 
@@ -203,18 +204,17 @@ class DaskExecutor:
         return "lost dependencies" in str(err) or "already forgotten" in str(err)
 
     def put(self, arrays: Sequence[np.ndarray]) -> list:
-        """Send client-side blocks to where the kernels run (scattered on a cluster)."""
-        with self.active():
-            try:
-                from distributed import get_client
+        """Send client-side blocks to where the kernels run (scattered on a cluster).
 
-                client = get_client() if dask.config.get("scheduler", None) in (
-                    None, "dask.distributed", "distributed") else None
-            except (ImportError, ValueError):
-                client = None
+        Scattered under fresh keys (``hash=False``): content-hashed keys would make a second
+        fit from the same arrays reuse the first fit's keys while the scheduler is still
+        releasing them ("lost dependencies").
+        """
+        with self.active():
+            client = active_client()
             if client is None:
                 return [dask.delayed(a) for a in arrays]
-            futures = client.scatter(list(arrays))
+            futures = client.scatter(list(arrays), hash=False)
             return [dask.delayed(f) for f in futures]
 
     def assemble(self, blocks: Sequence[Any], n_cols: int, dtype: Any) -> da.Array:

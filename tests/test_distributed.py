@@ -359,3 +359,19 @@ def test_dask_array_that_needs_rechunking_fits_on_a_real_cluster(real_cluster, b
     assert_same_fit(est.components_, ref.components_)
     assert_same_fit(W, NMF(**FIT, init="nndsvda").fit_transform(X))
     assert_same_fit(again.components_, ref.components_)
+
+
+def test_back_to_back_fits_from_the_same_custom_factors(real_cluster):
+    """The same custom W scattered by consecutive fits: fresh keys each time (content-hashed
+    keys were reused while the scheduler released them: "lost dependencies", ~1 fit in 3)."""
+    import dask.array as da
+
+    rng = np.random.default_rng(5)
+    X = rng.random((800, 40))
+    W0, H0 = rng.random((800, RANK)), rng.random((RANK, 40))
+    V = da.from_array(X, chunks=(200, 40))
+    with real_cluster.client.as_current():
+        fits = [NMF(RANK, init="custom", max_iter=2, tol=0, resident=False)
+                .fit(V, W=W0.copy(), H=H0.copy()).components_ for _ in range(6)]
+    for H in fits[1:]:
+        assert_same_fit(H, fits[0])
