@@ -27,6 +27,9 @@ from bignmf.passes import Sums, block_stats, project_block, sketch_block
 
 #: Oversampling of the randomized SVD.
 OVERSAMPLES = 10
+#: Passes that form ``V^T V Z`` (power steps of the range finder) before the pass that
+#: projects V; the NNDSVD family reads V ``POWER_PASSES + 1`` times.
+POWER_PASSES = 1
 
 
 @dataclass
@@ -123,14 +126,18 @@ def _nndsvd(
     width = min(k + OVERSAMPLES, m, n)
     Omega = rng.standard_normal(size=(n, width))
 
-    # Pass 1: Z = V^T V Omega (and the checks).
+    # Pass 1: Z = V^T V Omega (and the checks); then POWER_PASSES - 1 more power steps.
     _, sums = ex.run([], ex.total(ex.map(sketch_block, ex.blocks(), Omega=Omega,
                                          missing=missing)))
     check_stats(sums, beta=beta)
     stats = Sums({key: v for key, v in sums.items() if key != "Z"})
     Q, _ = np.linalg.qr(sums["Z"])
+    for _ in range(POWER_PASSES - 1):
+        _, sums = ex.run([], ex.total(ex.map(sketch_block, ex.blocks(), Omega=Q,
+                                             stats=False, missing=missing)))
+        Q, _ = np.linalg.qr(sums["Z"])
 
-    # Pass 2: C = V Q (kept where computed) and C^T C.
+    # Last pass: C = V Q (kept where computed) and C^T C.
     outs = ex.map(project_block, ex.blocks(), nout=2, Q=Q, missing=missing)
     C_blocks, total = ex.run(ex.take(outs, 0), ex.total(ex.take(outs, 1)))
     CtC = total["CtC"]
@@ -145,7 +152,7 @@ def _nndsvd(
     M = np.where(tiny, G / np.where(tiny, S, 1.0), 0.0)  # U = C @ M
 
     W_blocks, H = nndsvd_from_svd(ex, C_blocks, M, S, Vt, init, rng, stats, shape, dtype)
-    return Initial(W_blocks, H, stats, passes=2)
+    return Initial(W_blocks, H, stats, passes=POWER_PASSES + 1)
 
 
 def nndsvd_from_svd(
