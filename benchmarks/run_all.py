@@ -285,7 +285,19 @@ def time_to_error(V: Any, k: int, a: argparse.Namespace, tab: Table, label: str,
             f"{'' if reached else ', NOT reached'}) — speed-up = sklearn / bignmf",
             s(t_b, 2), s(t_sk, 2), sp_med if reached else None, sp_min if reached else None,
             target, lambda x: x >= goal)
-    return {"sklearn": runs_sk, "bignmf": runs_b, "speedup": (sp_med, sp_min)}
+    # The last 0.1% of scikit-learn's 200 iterations is a flat tail (it is within 0.1% of
+    # that error after ~20 iterations on the text matrix), and which local minimum each
+    # method settles in decides whether the exact value is ever crossed: also report the
+    # time to come within 0.1% of it.
+    near = [next((t for _, t, e in b["trace"] if e <= 1.001 * sk["err"]), None)
+            for b, sk in zip(runs_b, runs_sk, strict=True)]
+    if all(t is not None for t in near):
+        t_near = summary([float(t) for t in near])  # type: ignore[arg-type]
+        tab.add(label, f"{label} in memory: time to within 0.1% of scikit-learn cd's error "
+                f"after {a.ref_iter} iterations — speed-up = sklearn / bignmf",
+                s(t_near, 2), s(t_sk, 2), t_sk["median"] / t_near["median"],
+                t_sk["min"] / t_near["min"], "(info)", None)
+    return {"sklearn": runs_sk, "bignmf": runs_b, "speedup": (sp_med, sp_min), "near": near}
 
 
 def text_matrix(quick: bool) -> tuple[Any, str]:

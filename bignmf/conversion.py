@@ -45,6 +45,7 @@ from typing import Any, TextIO
 import numpy as np
 import scipy.sparse as sp
 import zarr
+from zarr.codecs import BloscCodec
 
 from bignmf import io
 
@@ -141,6 +142,13 @@ def _chunk_entries(block_bytes: int) -> int:
     return int(min(io.CSR_CHUNK_ENTRIES, max(4096, block_bytes // 32)))
 
 
+#: Codec of dense targets: Blosc-zstd level 3 with byte shuffle. On float data (nearly
+#: incompressible) it read back 1.5x faster than Zarr's default zstd and 1.25x smaller
+#: (``benchmarks/run_all.py --only codecs``: 0.19 s vs 0.29 s per read pass of 20000 x
+#: 5000 float32; no compression 0.15 s but 1.25x larger); counts compress ~25x either way.
+DENSE_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+
+
 def _write_dense(target: str, X: Any, dtype: np.dtype | None, block_bytes: int,
                  overwrite: bool) -> None:
     """Copy a dense 2-D array-like (NumPy memory map, h5py dataset, zarr array) to a Zarr
@@ -150,7 +158,8 @@ def _write_dense(target: str, X: Any, dtype: np.dtype | None, block_bytes: int,
     dtype = np.dtype(X.dtype if dtype is None else dtype)
     rows = io.choose_block_rows((m, n), dtype, None, block_bytes)
     with io.atomic_store(target, overwrite) as tmp:
-        z = zarr.create_array(tmp, shape=(m, n), dtype=dtype, chunks=(rows, n))
+        z = zarr.create_array(tmp, shape=(m, n), dtype=dtype, chunks=(rows, n),
+                              compressors=DENSE_CODEC)
         for a in range(0, m, rows):
             z[a : a + rows] = np.asarray(X[a : a + rows]).astype(dtype, copy=False)
 

@@ -132,6 +132,9 @@ def fit(
     frobenius = beta == 2 and missing is None
     masked_hals = beta == 2 and missing is not None and solver != "mu"
     W_blocks, H, stats = initial.W_blocks, initial.H, initial.stats
+    # The fit owns the blocks from here: each is released once its successor exists, not
+    # kept alive by the caller's ``initial`` for the whole fit.
+    initial.W_blocks = []
     history: list[float] = []
     loss_sq, converged = np.nan, False
     it = 1
