@@ -26,29 +26,19 @@ asserted.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
-import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_core import log, quiet
 
 
 def make_data(m: int, n: int, k: int, noise: float, seed: int = 0) -> np.ndarray:
