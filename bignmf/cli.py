@@ -322,8 +322,11 @@ def _fit_and_report(model: NMF, source: Any, output: str, scheduler: str | None,
                     args: argparse.Namespace | None = None) -> int:
     with _compute_on(scheduler, args):
         summary = run_fit(model, source, output, overwrite, extra, resume=resume)
+    what = "||V - WH||" if model.beta_loss in ("frobenius", 2, 2.0) else "sqrt(2 D(V||WH))"
+    if model.missing is not None:
+        what += " over the observed entries"
     print(f"done: {summary['n_iter']} iterations in {summary['seconds']:.1f} s, "
-          f"||V - WH|| = {summary['reconstruction_err']:.6g}; output {output}")
+          f"{what} = {summary['reconstruction_err']:.6g}; output {output}")
     return 0
 
 
