@@ -67,9 +67,9 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from bignmf.fit import SWEEP_TOL, FitResult, IterationInfo, auto_sweeps, fit
-from bignmf.init import Initial, check_stats, nndsvd_from_svd, random_factors
+from bignmf.init import Initial, check_stats, nndsvd_from_svd, power_basis, random_factors
 from bignmf.losses import Penalty, frobenius_sq, objective
-from bignmf.passes import Sums, range_block, sketch_block, sweep_rows
+from bignmf.passes import Sums, project_block, sweep_rows
 from bignmf.solvers import hals, small_blas
 
 logger = logging.getLogger(__name__)
@@ -259,23 +259,15 @@ def fit_compressed(
 def _range_finder(ex: Any, Omega: np.ndarray, power_iterations: int
                   ) -> tuple[list[Any], Sums, Sums]:
     """``Y = V P`` (row blocks, float64, on the workers) for ``P`` an orthonormal basis of
-    ``(V^T V)^q Omega``, the sums ``YtY`` and ``VtY``, and V's
+    ``(V^T V)^q Omega``, the sums ``CtC = Y^T Y`` and ``VtC = V^T Y``, and V's
     :func:`~bignmf.passes.block_stats` (checked): ``1 + power_iterations`` passes."""
-    P = Omega
-    stats: Sums | None = None
-    for _ in range(power_iterations):
-        _, sums = ex.run([], ex.total(ex.map(sketch_block, ex.blocks(), Omega=P,
-                                             stats=stats is None)))
-        if stats is None:
-            check_stats(sums)
-            stats = Sums({key: v for key, v in sums.items() if key != "Z"})
-        with small_blas():
-            P, _ = np.linalg.qr(sums["Z"])  # an orthonormal P keeps Y's columns apart
-    outs = ex.map(range_block, ex.blocks(), nout=2, P=P, stats=stats is None)
+    P, stats = power_basis(ex, Omega, power_iterations)
+    outs = ex.map(project_block, ex.blocks(), nout=2, Q=P, stats=stats is None,
+                  with_VtC=True)
     Y_blocks, sums = ex.run(ex.take(outs, 0), ex.total(ex.take(outs, 1)))
     if stats is None:
         check_stats(sums)
-        stats = Sums({key: v for key, v in sums.items() if key not in ("VtY", "YtY")})
+        stats = Sums({key: v for key, v in sums.items() if key not in ("VtC", "CtC")})
     return Y_blocks, sums, stats
 
 
@@ -287,11 +279,11 @@ def _orthonormalize(ex: Any, Y_blocks: list[Any], sums: Sums) -> tuple[list[Any]
     that null directions are dropped), from Gram matrices only: no m x l array here.
     Two passes over the resident Y blocks (``O(m l^2)`` flops each), none over V.
     """
-    T = _inverse_sqrt(sums["YtY"])
+    T = _inverse_sqrt(sums["CtC"])
     _, second = ex.run([], ex.total(ex.map(_gram, Y_blocks, T=T)))
     T = T @ _inverse_sqrt(second["G"])
     Q_blocks, _ = ex.run(ex.map(_times, Y_blocks, T=T))
-    return Q_blocks, np.ascontiguousarray((sums["VtY"] @ T).T)
+    return Q_blocks, np.ascontiguousarray((sums["VtC"] @ T).T)
 
 
 def _inverse_sqrt(G: np.ndarray) -> np.ndarray:

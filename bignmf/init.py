@@ -24,6 +24,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from bignmf.passes import Sums, block_stats, project_block, sketch_block
+from bignmf.solvers import small_blas
 
 #: Oversampling of the randomized SVD.
 OVERSAMPLES = 10
@@ -126,16 +127,9 @@ def _nndsvd(
     width = min(k + OVERSAMPLES, m, n)
     Omega = rng.standard_normal(size=(n, width))
 
-    # Pass 1: Z = V^T V Omega (and the checks); then POWER_PASSES - 1 more power steps.
-    _, sums = ex.run([], ex.total(ex.map(sketch_block, ex.blocks(), Omega=Omega,
-                                         missing=missing)))
-    check_stats(sums, beta=beta)
-    stats = Sums({key: v for key, v in sums.items() if key != "Z"})
-    Q, _ = np.linalg.qr(sums["Z"])
-    for _ in range(POWER_PASSES - 1):
-        _, sums = ex.run([], ex.total(ex.map(sketch_block, ex.blocks(), Omega=Q,
-                                             stats=False, missing=missing)))
-        Q, _ = np.linalg.qr(sums["Z"])
+    # POWER_PASSES passes: Q spans (V^T V)^POWER_PASSES Omega (the first also checks V).
+    Q, stats = power_basis(ex, Omega, POWER_PASSES, beta=beta, missing=missing)
+    assert stats is not None
 
     # Last pass: C = V Q (kept where computed) and C^T C.
     outs = ex.map(project_block, ex.blocks(), nout=2, Q=Q, missing=missing)
@@ -153,6 +147,24 @@ def _nndsvd(
 
     W_blocks, H = nndsvd_from_svd(ex, C_blocks, M, S, Vt, init, rng, stats, shape, dtype)
     return Initial(W_blocks, H, stats, passes=POWER_PASSES + 1)
+
+
+def power_basis(ex: Any, Omega: np.ndarray, passes: int, *, beta: float = 2.0,
+                missing: str | None = None) -> tuple[np.ndarray, Sums | None]:
+    """An orthonormal basis of ``(V^T V)^passes Omega`` (n x l): ``passes`` reads of V, each
+    a power step of a randomized range finder (:func:`bignmf.passes.sketch_block`). The
+    first pass also checks V; its :func:`~bignmf.passes.block_stats` are returned (``None``
+    when ``passes`` is 0)."""
+    P, stats = Omega, None
+    for _ in range(passes):
+        _, sums = ex.run([], ex.total(ex.map(sketch_block, ex.blocks(), Omega=P,
+                                             stats=stats is None, missing=missing)))
+        if stats is None:
+            check_stats(sums, beta=beta)
+            stats = Sums({key: v for key, v in sums.items() if key != "Z"})
+        with small_blas():
+            P, _ = np.linalg.qr(sums["Z"])
+    return P, stats
 
 
 def nndsvd_from_svd(

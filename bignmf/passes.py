@@ -78,9 +78,10 @@ class ZarrBlock:
                 self.token)
 
 
-def _as_compute_block(V: Any) -> Any:
-    """Load a block if needed; integer and boolean blocks are computed in float64, as
-    scikit-learn does."""
+def load_block(V: Any) -> Any:
+    """A block as the kernels compute with it (read from storage if it is a
+    :class:`ZarrBlock`; integer and boolean blocks in float64, as scikit-learn does): also
+    what a worker keeps when V is resident in memory."""
     if isinstance(V, ZarrBlock):
         V = V.read()
     if sp.issparse(V):
@@ -94,18 +95,18 @@ def _as_compute_block(V: Any) -> Any:
     return V
 
 
-def load_block(V: Any) -> Any:
-    """A block as the kernels compute with it (read from storage if it is a
-    :class:`ZarrBlock`): what a worker keeps when V is resident in memory."""
-    return _as_compute_block(V)
+def _nan_as_zero(V: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(V with NaN as 0, the NaN mask)``; no copy and no mask when there is no NaN."""
+    nan = np.isnan(V)
+    if not nan.any():
+        return V, None
+    return np.where(nan, V.dtype.type(0), V), nan
 
 
 def _zero_filled(V: Any, missing: str | None) -> Any:
     """V with its missing entries as zeros (a copy only when NaN marks them)."""
     if missing == "nan" and not sp.issparse(V):
-        nan = np.isnan(V)
-        if nan.any():
-            V = np.where(nan, V.dtype.type(0), V)
+        V, _ = _nan_as_zero(V)
     return V
 
 
@@ -148,7 +149,7 @@ def block_stats(V: Any, missing: str | None = None) -> Sums:
     bound the observed values, ``sum`` and ``sumsq`` give their mean and square norm
     (float64), ``observed`` counts them, ``nnz`` counts the non-zeros.
     """
-    V = _as_compute_block(V)
+    V = load_block(V)
     check_missing(V, missing)
     with small_blas():
         return _block_stats(V, missing)
@@ -236,7 +237,7 @@ def frobenius_step(
     sums : Sums
         ``WtV``, ``WtW``, ``W_sum`` (column sums of W), ``sweeps``; more as requested.
     """
-    V = _as_compute_block(V)
+    V = load_block(V)
     out = block_stats(V) if stats else Sums()
     if out.get("nonfinite"):  # the caller raises from the stats; NaN/inf products only warn
         return W, out
@@ -345,7 +346,7 @@ def transform_block(
     sums : Sums
         ``max_iter_done``: the most sweeps any row needed.
     """
-    V = _as_compute_block(V)
+    V = load_block(V)
     if (V.data if sp.issparse(V) else V).size and _min_value(V) < 0:
         raise ValueError("Negative values in data passed to NMF.transform")
     k = H.shape[0]
@@ -373,7 +374,7 @@ def sketch_block(
     singular subspace of V as one power iteration would, in a single pass. Missing
     entries count as zeros here.
     """
-    V = _as_compute_block(V)
+    V = load_block(V)
     out = block_stats(V, missing) if stats else Sums()
     if out.get("nonfinite"):  # the caller raises from the stats; NaN/inf products only warn
         return out
@@ -383,12 +384,29 @@ def sketch_block(
     return out
 
 
-def project_block(V: Any, Q: np.ndarray, *, missing: str | None = None
-                  ) -> tuple[np.ndarray, Sums]:
-    """``C_i = V_i Q`` (r x l) and its Gram ``C_i^T C_i``: the second pass of the sketch."""
-    V = _zero_filled(_as_compute_block(V), missing)
-    C = np.asarray(V @ Q.astype(V.dtype, copy=False), dtype=np.float64)
-    return C, Sums(CtC=C.T @ C)
+def project_block(
+    V: Any, Q: np.ndarray, *, missing: str | None = None, stats: bool = False,
+    with_VtC: bool = False,
+) -> tuple[np.ndarray, Sums]:
+    """``C_i = V_i Q`` (r x l, float64, kept by the caller) and its Gram ``C_i^T C_i``: the
+    last pass of a randomized range finder (:mod:`bignmf.init`, :mod:`bignmf.compressed`).
+
+    ``with_VtC`` also returns ``V_i^T C_i`` (n x l), formed from the very ``C_i`` returned
+    (rounded to V's dtype the same way): summed over blocks, ``C^T C`` orthonormalizes
+    ``Q' = C T`` and ``V^T C`` gives ``B = Q'^T V = (V^T C T)^T`` from the same read of V.
+    Costs ``2 r n l`` flops (twice that with ``with_VtC``; ``nnz`` for ``r n`` when sparse).
+    """
+    V = load_block(V)
+    out = block_stats(V, missing) if stats else Sums()
+    if out.get("nonfinite"):  # the caller raises from the stats
+        return np.zeros((V.shape[0], Q.shape[1])), out
+    V = _zero_filled(V, missing)
+    C = np.asarray(V @ Q.astype(V.dtype, copy=False))
+    if with_VtC:
+        out["VtC"] = np.asarray(V.T @ C, dtype=np.float64)
+    C = C.astype(np.float64)
+    out["CtC"] = C.T @ C
+    return C, out
 
 
 # ---------------------------------------------------------------------------------------
@@ -462,7 +480,7 @@ def beta_step(
         ``div0`` (the block's divergence before the update), ``W_sum0``, ``W_sq0``;
         ``num_H`` and ``den_H`` (or ``W_sum``) when ``partials``; the stats if asked.
     """
-    V = _as_compute_block(V)
+    V = load_block(V)
     check_missing(V, missing)
     out = block_stats(V, missing) if stats else Sums()
     if out.get("nonfinite"):
@@ -479,13 +497,8 @@ def beta_step(
         out["W_sum0"] = W64.sum(axis=0)
         out["W_sq0"] = float(np.vdot(W64, W64))
     if update_W:
-        num, den = block.ratios(L)
-        del L
-        numerator = block.times(num, H.T)
-        denominator = (H.sum(axis=1)[None, :] if den is None else block.times(den, H.T))
-        W = mu.beta_update(W, numerator, denominator, l1, l2, gamma)
-        if beta < 1:  # scikit-learn: necessary for stability with beta_loss < 1
-            W[W < TINY] = 0.0
+        W = block.update_W(W, H, L, l1, l2, gamma)
+    del L
     if partials:
         num, den = block.ratios(block.evaluate(W, H))
         out["num_H"] = block.times_left(W, num)
@@ -508,10 +521,8 @@ class _Observed:
         if sp.issparse(V) and not self.pattern:
             V = V.toarray()  # beta not in (1, 2) without a mask: W H is needed everywhere
         if missing == "nan" and not self.pattern:
-            nan = np.isnan(V)
-            if nan.any():
-                self.mask = ~nan
-                V = np.where(nan, V.dtype.type(0), V)
+            V, nan = _nan_as_zero(V)
+            self.mask = None if nan is None else ~nan
         self.V = V
         self.masked = missing is not None
         self.x = V.data if self.pattern else V
@@ -546,6 +557,16 @@ class _Observed:
         if self.mask is not None and beta != 1:
             num = num * self.mask
         return self._wrap(num), None if den is None else self._wrap(den)
+
+    def update_W(self, W: np.ndarray, H: np.ndarray, L: np.ndarray, l1: float, l2: float,
+                 gamma: float) -> np.ndarray:
+        """scikit-learn's multiplicative update of ``W_i`` given ``L = W_i H``."""
+        num, den = self.ratios(L)
+        denominator = H.sum(axis=1)[None, :] if den is None else self.times(den, H.T)
+        W = mu.beta_update(W, self.times(num, H.T), denominator, l1, l2, gamma)
+        if self.beta < 1:  # scikit-learn: necessary for stability with beta_loss < 1
+            W[W < TINY] = 0.0
+        return W
 
     def _wrap(self, values: Any) -> Any:
         if not self.pattern:
@@ -659,7 +680,7 @@ def beta_transform_block(
     sums : Sums
         ``max_iter_done``: the updates this block needed.
     """
-    V = _as_compute_block(V)
+    V = load_block(V)
     check_missing(V, missing)
     k = H.shape[0]
     block = _Observed(V, missing, beta)
@@ -671,51 +692,16 @@ def beta_transform_block(
         mean = float(values.mean(dtype=np.float64)) if values.size else 0.0
     W = np.full((V.shape[0], k), np.sqrt(max(mean, 0.0) / k), dtype=V.dtype)
     H = np.asarray(H, dtype=V.dtype)
-    denominator0 = H.sum(axis=1)[None, :]
     done = 0
     first = previous = block.divergence(block.evaluate(W, H), W, H)
     for done in range(1, max_iter + 1):
-        num, den = block.ratios(block.evaluate(W, H))
-        denominator = denominator0 if den is None else block.times(den, H.T)
-        W = mu.beta_update(W, block.times(num, H.T), denominator, l1, l2, gamma)
-        if beta < 1:
-            W[W < TINY] = 0.0
+        W = block.update_W(W, H, block.evaluate(W, H), l1, l2, gamma)
         if tol > 0 and done % 10 == 0:
             current = block.divergence(block.evaluate(W, H), W, H)
             if first <= 0 or (previous - current) / first < tol:
                 break
             previous = current
     return W, Sums(max_iter_done=done)
-
-
-# ---------------------------------------------------------------------------------------
-# Compressed NMF (bignmf.compressed): the last pass of the randomized range finder
-
-
-def range_block(V: Any, P: np.ndarray, *, stats: bool = False) -> tuple[np.ndarray, Sums]:
-    """``Y_i = V_i P`` (r x l, kept by the caller) with ``Y_i^T Y_i`` and ``V_i^T Y_i``.
-
-    The last sketch pass of :mod:`bignmf.compressed`: summed over blocks, ``Y^T Y`` gives the
-    orthonormalization ``Q = Y T`` and ``V^T Y`` gives ``B = Q^T V = (V^T Y T)^T``, so the
-    basis and the compressed matrix come from one read of V. ``V^T Y_i`` is formed from
-    the very ``Y_i`` returned (rounded to V's dtype the same way), so ``B`` is consistent
-    with ``Q``. Costs ``4 r n l`` flops (``4 nnz l`` sparse); memory ``O((r + n) l)``.
-
-    Returns
-    -------
-    Y_i : ndarray of shape (r, l), float64
-    sums : Sums
-        ``YtY`` (l x l), ``VtY`` (n x l), and :func:`block_stats` if ``stats``.
-    """
-    V = _as_compute_block(V)
-    out = block_stats(V) if stats else Sums()
-    if out.get("nonfinite"):  # the caller raises from the stats
-        return np.zeros((V.shape[0], P.shape[1])), out
-    Y = np.asarray(V @ P.astype(V.dtype, copy=False))
-    out["VtY"] = np.asarray(V.T @ Y, dtype=np.float64)
-    Y = Y.astype(np.float64)
-    out["YtY"] = Y.T @ Y
-    return Y, out
 
 
 # ---------------------------------------------------------------------------------------
@@ -757,13 +743,11 @@ def masked_hals_step(
         ``sweeps``; with ``initial_loss`` the W side of the incoming iterate's loss
         (``cross0 = <W, V H^T>``, ``quad0 = sum_i w_i^T G_i w_i``, ``W_sum0``, ``W_sq0``).
     """
-    V = _as_compute_block(V)
+    V = load_block(V)
     check_missing(V, missing)
     out = block_stats(V, missing) if stats else Sums()
     if out.get("nonfinite"):
         return W, out
-    n = V.shape[1]
-    k = H.shape[0]
     pattern, X = _masked_parts(V, missing)
     F = np.array(W.T, dtype=V.dtype, order="C")
     P = _right(X, H)
@@ -782,8 +766,7 @@ def masked_hals_step(
         F64 = F.astype(np.float64)
         out["WtW"] = F64 @ F64.T
         out["W_sum"] = F64.sum(axis=1)
-        out["Gcols"] = _entry_grams(pattern, np.ascontiguousarray(F64.T), by_row=False,
-                                    n_cols=n).reshape(n, k, k)
+        out["Gcols"] = _entry_grams(pattern, np.ascontiguousarray(F64.T), by_row=False)
     return F.T, out
 
 
@@ -792,8 +775,8 @@ def _masked_parts(V: Any, missing: str) -> tuple[sp.csr_matrix, Any]:
     the missing ones (``'nan'``), and V with the missing entries as zeros."""
     if missing == "unstored":
         return V, V
-    nan = np.isnan(V)
-    return sp.csr_matrix(nan), (np.where(nan, V.dtype.type(0), V) if nan.any() else V)
+    X, nan = _nan_as_zero(V)
+    return sp.csr_matrix(nan if nan is not None else V.shape, dtype=bool), X
 
 
 def _row_grams(pattern: sp.csr_matrix, H: np.ndarray, HHt: np.ndarray,
@@ -810,7 +793,7 @@ def masked_transform_block(
     """W for a block with H fixed, over the observed entries only (one read of ``V_i``):
     each row from zero by HALS with its own Gram matrix, stopping on its own at ``tol``
     (as :func:`transform_block`, which it is when nothing is missing)."""
-    V = _as_compute_block(V)
+    V = load_block(V)
     check_missing(V, missing)
     pattern, X = _masked_parts(V, missing)
     P = _right(X, H)
@@ -821,8 +804,7 @@ def masked_transform_block(
     return F.T.copy(), Sums(max_iter_done=done)
 
 
-def _entry_grams(pattern: sp.csr_matrix, X: np.ndarray, *, by_row: bool,
-                 n_cols: int | None = None) -> np.ndarray:
+def _entry_grams(pattern: sp.csr_matrix, X: np.ndarray, *, by_row: bool) -> np.ndarray:
     """Sums of outer products over the entries of a sparse ``pattern`` (r x n).
 
     ``by_row``: for each row ``i``, ``sum_{j in row i} X_j X_j^T`` with ``X`` of shape
@@ -832,7 +814,7 @@ def _entry_grams(pattern: sp.csr_matrix, X: np.ndarray, *, by_row: bool,
     """
     r, n = pattern.shape
     k = X.shape[1]
-    groups = r if by_row else (n_cols if n_cols is not None else n)
+    groups = r if by_row else n
     out = np.zeros((groups, k * k))
     indptr, indices = pattern.indptr, pattern.indices
     rows = np.repeat(np.arange(r), np.diff(indptr))
