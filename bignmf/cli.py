@@ -39,6 +39,7 @@ import zarr
 
 from bignmf import __version__, checkpoint, cluster, hpc, io
 from bignmf.estimator import NMF
+from bignmf.losses import BETA_LOSSES, beta_to_float
 from bignmf.progress import Progress
 
 logger = logging.getLogger("bignmf.cli")
@@ -58,7 +59,7 @@ def _add_fit_options(p: argparse.ArgumentParser, scheduler: bool = True) -> None
                         "(other than frobenius: with --solver mu)")
     p.add_argument("--missing", default=None, choices=["nan", "unstored"],
                    help="entries that are missing, not zeros: NaN in dense input, or the "
-                        "unstored entries of sparse input (with --solver mu)")
+                        "unstored entries of sparse input (with --solver cd or mu)")
     p.add_argument("--max-iter", type=int, default=200)
     p.add_argument("--tol", type=float, default=1e-4,
                    help="stop when the objective decreases by less than this fraction")
@@ -140,7 +141,7 @@ def _estimator(options: dict[str, Any], output: str | None) -> NMF:
     kw["resident"] = {"yes": True, "no": False}.get(kw["resident"] or "auto", "auto")
     if kw["alpha_H"] != "same":
         kw["alpha_H"] = float(kw["alpha_H"])
-    if kw["beta_loss"] not in ("frobenius", "kullback-leibler", "itakura-saito"):
+    if kw["beta_loss"] not in BETA_LOSSES:
         try:
             kw["beta_loss"] = float(kw["beta_loss"])
         except ValueError:
@@ -322,7 +323,7 @@ def _fit_and_report(model: NMF, source: Any, output: str, scheduler: str | None,
                     args: argparse.Namespace | None = None) -> int:
     with _compute_on(scheduler, args):
         summary = run_fit(model, source, output, overwrite, extra, resume=resume)
-    what = "||V - WH||" if model.beta_loss in ("frobenius", 2, 2.0) else "sqrt(2 D(V||WH))"
+    what = "||V - WH||" if beta_to_float(model.beta_loss) == 2 else "sqrt(2 D(V||WH))"
     if model.missing is not None:
         what += " over the observed entries"
     print(f"done: {summary['n_iter']} iterations in {summary['seconds']:.1f} s, "

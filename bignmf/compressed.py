@@ -66,7 +66,14 @@ from typing import Any
 import numpy as np
 from sklearn.utils import check_random_state
 
-from bignmf.fit import SWEEP_TOL, FitResult, IterationInfo, auto_sweeps, fit
+from bignmf.fit import (
+    SWEEP_TOL,
+    FitResult,
+    IterationInfo,
+    auto_sweeps,
+    fit,
+    relative_decrease,
+)
 from bignmf.init import Initial, check_stats, nndsvd_from_svd, power_basis, random_factors
 from bignmf.losses import Penalty, frobenius_sq, objective
 from bignmf.passes import Sums, project_block, sweep_rows
@@ -215,8 +222,7 @@ def fit_compressed(
             loss_sq = frobenius_sq(sq_norm_V, WtV, sums["WtW"], H)
             history.append(objective(loss_sq, penalty, float(sums["W_sum"].sum()),
                                      float(np.trace(sums["WtW"])), H))
-            before, after = history[-2], history[-1]
-            decrease = (before - after) / before if before > 0 else 0.0
+            after, decrease = history[-1], relative_decrease(history)
             converged = after <= 0 or (tol > 0 and decrease < tol)
             now = time.perf_counter()
             info = IterationInfo(it, total_iter, after, float(np.sqrt(loss_sq)), decrease,

@@ -38,7 +38,7 @@ from bignmf.compressed import fit_compressed
 from bignmf.executor import DaskExecutor, Eager
 from bignmf.fit import FitResult, IterationInfo, fit
 from bignmf.init import Initial, initialize, resolve_init
-from bignmf.losses import Penalty, beta_to_float
+from bignmf.losses import BETA_LOSSES, Penalty, beta_to_float
 from bignmf.passes import (
     beta_transform_block,
     check_missing,
@@ -65,8 +65,8 @@ _CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
              "one of None, 'random', 'nndsvd', 'nndsvda', 'nndsvdar', 'custom'"),
     "solver": (lambda v: v in (*SOLVER_NAMES, "compressed"),
                f"one of {', '.join(map(repr, (*SOLVER_NAMES, 'compressed')))}"),
-    "beta_loss": (lambda v: v in ("frobenius", "kullback-leibler", "itakura-saito")
-                  or _is_real(v), "'frobenius', 'kullback-leibler', 'itakura-saito' or a float"),
+    "beta_loss": (lambda v: (isinstance(v, str) and v in BETA_LOSSES) or _is_real(v),
+                  "'frobenius', 'kullback-leibler', 'itakura-saito' or a float"),
     "tol": (lambda v: _is_real(v) and v >= 0, "a float >= 0"),
     "max_iter": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
     "random_state": (lambda v: v is None or _is_int(v) or isinstance(v, np.random.RandomState),
@@ -378,8 +378,6 @@ l1_ratio, verbose, shuffle
     ) -> tuple[Any, np.ndarray, int, FitResult | None]:
         ex, shape, dtype = self._prepare(X, reset=update_H)
         check_missing(ex.meta, self.missing)
-        if update_H and self._keep_resident(ex):
-            ex.make_resident()
         k = self._resolve_n_components(shape[1], H if (self.init == "custom" or not update_H)
                                        else None)
         if not update_H:
@@ -396,64 +394,51 @@ l1_ratio, verbose, shuffle
                 f"missing={self.missing!r} with solver={self.solver!r} sums a {k} x {k} Gram "
                 f"matrix per column of X ({shape[1] * k * k * 8 / 2**20:.0f} MiB for "
                 f"{shape[1]} columns); use solver='mu', whose memory does not grow so")
-        if self.solver == "compressed":
-            return self._fit_compressed(ex, shape, dtype, k, init, W, H, callback, resume)
-        checkpointer, state = self._checkpointing(shape, dtype, k, resume, ex)
-        if state is not None:
-            initial = Initial([], state.H, None, passes=0)
-        elif init == "custom":
+        compressed = self.solver == "compressed"
+        if compressed and resume:
+            raise ValueError("resume=True: solver 'compressed' writes no checkpoints")
+        checkpointer, state = (None, None) if compressed else self._checkpointing(
+            shape, dtype, k, resume, ex)
+        if state is None and init == "custom":
             H = _check_factor(H, (k, shape[1]), dtype, "NMF (input H)")
             W = _check_factor(W, (shape[0], k), dtype, "NMF (input W)")
-            initial = Initial(ex.split(W), H.copy(), None, passes=0)
+        elif state is None and (W is not None or H is not None):
+            warnings.warn(
+                "When init!='custom', provided W or H are ignored. Set "
+                " init='custom' to use them as initialization.",
+                RuntimeWarning, stacklevel=3,
+            )
+        # Every check that reads no data is done: now V may be read into memory.
+        if self._keep_resident(ex):
+            ex.make_resident()
+        penalty = Penalty.from_alphas(shape, self.alpha_W, self.alpha_H, self.l1_ratio)
+        beta = beta_to_float(self.beta_loss)
+        if compressed:
+            result: FitResult = fit_compressed(
+                ex, shape=shape, dtype=dtype, n_components=k, init=init, W=W, H=H,
+                random_state=self.random_state, penalty=penalty, tol=self.tol,
+                max_iter=self.max_iter, inner_sweeps=self.inner_sweeps, shuffle=self.shuffle,
+                callback=callback, verbose=self.verbose,
+            )
         else:
-            if W is not None or H is not None:
-                warnings.warn(
-                    "When init!='custom', provided W or H are ignored. Set "
-                    " init='custom' to use them as initialization.",
-                    RuntimeWarning, stacklevel=3,
-                )
-            initial = initialize(ex, shape, dtype, k, init, self.random_state,
-                                 beta=beta_to_float(self.beta_loss), missing=self.missing)
-        result = fit(
-            ex, initial, shape=shape, dtype=dtype, solver=self.solver,
-            penalty=Penalty.from_alphas(shape, self.alpha_W, self.alpha_H, self.l1_ratio),
-            tol=self.tol, max_iter=self.max_iter, inner_sweeps=self.inner_sweeps,
-            shuffle=self.shuffle, random_state=self.random_state, callback=callback,
-            verbose=self.verbose, resume=state, checkpointer=checkpointer,
-            beta=beta_to_float(self.beta_loss), missing=self.missing,
-        )
+            if state is not None:
+                initial = Initial([], state.H, None, passes=0)
+            elif init == "custom":
+                initial = Initial(ex.split(W), H.copy(), None, passes=0)
+            else:
+                initial = initialize(ex, shape, dtype, k, init, self.random_state,
+                                     beta=beta, missing=self.missing)
+            result = fit(
+                ex, initial, shape=shape, dtype=dtype, solver=self.solver, penalty=penalty,
+                tol=self.tol, max_iter=self.max_iter, inner_sweeps=self.inner_sweeps,
+                shuffle=self.shuffle, random_state=self.random_state, callback=callback,
+                verbose=self.verbose, resume=state, checkpointer=checkpointer, beta=beta,
+                missing=self.missing,
+            )
         if not result.converged and self.tol > 0:
             warnings.warn(
                 f"Maximum number of iterations {self.max_iter} reached. Increase it to "
                 "improve convergence.", ConvergenceWarning, stacklevel=3,
-            )
-        return ex.assemble(result.W_blocks, k, dtype), result.H, result.n_iter, result
-
-    def _fit_compressed(
-        self, ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int, init: str, W: Any,
-        H: Any, callback: Callable[[IterationInfo], None] | None, resume: bool,
-    ) -> tuple[Any, np.ndarray, int, FitResult]:
-        """``solver='compressed'``: :func:`bignmf.compressed.fit_compressed`."""
-        if resume:
-            raise ValueError("resume=True: solver 'compressed' writes no checkpoints")
-        if init == "custom":
-            H = _check_factor(H, (k, shape[1]), dtype, "NMF (input H)")
-            W = _check_factor(W, (shape[0], k), dtype, "NMF (input W)")
-        elif W is not None or H is not None:
-            warnings.warn("When init!='custom', provided W or H are ignored. Set "
-                          " init='custom' to use them as initialization.",
-                          RuntimeWarning, stacklevel=4)
-        result = fit_compressed(
-            ex, shape=shape, dtype=dtype, n_components=k, init=init, W=W, H=H,
-            random_state=self.random_state,
-            penalty=Penalty.from_alphas(shape, self.alpha_W, self.alpha_H, self.l1_ratio),
-            tol=self.tol, max_iter=self.max_iter, inner_sweeps=self.inner_sweeps,
-            shuffle=self.shuffle, callback=callback, verbose=self.verbose,
-        )
-        if not result.converged and self.tol > 0:
-            warnings.warn(
-                f"Maximum number of iterations {self.max_iter} reached. Increase it to "
-                "improve convergence.", ConvergenceWarning, stacklevel=4,
             )
         return ex.assemble(result.W_blocks, k, dtype), result.H, result.n_iter, result
 
@@ -532,11 +517,12 @@ l1_ratio, verbose, shuffle
 
         Frobenius loss: each row is a non-negative least-squares problem solved by HALS to
         ``tol``, whatever the ``solver`` used for fitting (the problem is convex, so the
-        answer is the same; HALS gets there in fewer sweeps). Other beta-divergences and
-        masked fits: multiplicative updates of W with H fixed, as scikit-learn's
-        ``transform`` with ``solver='mu'`` (W starts at ``sqrt(mean(X_i) / k)`` for each
-        row block ``X_i``, and stops on ``tol`` per block; see
-        :func:`bignmf.passes.beta_transform_block`). With ``missing``, only the observed
+        answer is the same; HALS gets there in fewer sweeps); with missing entries each row
+        has its own Gram matrix (:func:`bignmf.passes.masked_transform_block`). Other
+        beta-divergences, and masked fits made with ``solver='mu'``: multiplicative updates
+        of W with H fixed, as scikit-learn's ``transform`` with ``solver='mu'`` (W starts at
+        ``sqrt(mean(X_i) / k)`` for each row block ``X_i``, and stops on ``tol`` per block;
+        see :func:`bignmf.passes.beta_transform_block`). With ``missing``, only the observed
         entries of X are used; ``transform(X) @ components_`` predicts the missing ones.
         """
         check_is_fitted(self)

@@ -27,7 +27,7 @@ from sklearn.utils import check_random_state
 
 from bignmf.checkpoint import Checkpointer, FitState
 from bignmf.init import Initial, check_stats
-from bignmf.losses import Penalty, beta_error, frobenius_sq, objective
+from bignmf.losses import Penalty, beta_error, objective
 from bignmf.passes import TINY, Sums, beta_step, frobenius_step, masked_hals_step
 from bignmf.solvers import get_solver, hals, mu, small_blas
 
@@ -226,37 +226,30 @@ def fit(
             check_stats(sums, beta=beta)
             stats = sums
         with small_blas():  # the update of H and the loss: small products, one thread
-            if masked_hals:
-                sq_norm_V = float(stats["sumsq"])  # of the observed entries
+            if frobenius or masked_hals:
+                # ||V - WH||^2 over the observed entries = ||V||^2 - 2 <W^T V, H> + quad,
+                # with quad = <W^T W, H H^T>, or sum_j h_j^T G_j h_j for per-column Grams.
+                sq_norm_V = float(stats["sumsq"])
                 if first:
                     loss0 = max(sq_norm_V - 2.0 * sums["cross0"] + sums["quad0"], 0.0)
                     history.append(objective(loss0, penalty, float(sums["W_sum0"].sum()),
                                              sums["W_sq0"], H))
-                grams = (sums["Gcols"] if missing == "unstored"
-                         else sums["WtW"][None, :, :] - sums["Gcols"])
-                H, _ = hals.update_rows(
-                    H.copy(), sums["WtV"].astype(H.dtype, copy=False), grams,
-                    penalty.l1_H, penalty.l2_H, sweeps_H, sweep_tol, order_H,
-                )
-                H64 = H.astype(np.float64)
-                loss_sq = max(sq_norm_V - 2.0 * float(np.vdot(sums["WtV"], H64))
-                              + float(np.einsum("kn,nkl,ln->", H64, grams, H64)), 0.0)
+                WtV = sums["WtV"].astype(H.dtype, copy=False)
+                if masked_hals:
+                    grams = (sums["Gcols"] if missing == "unstored"
+                             else sums["WtW"][None, :, :] - sums["Gcols"])
+                    H, _ = hals.update_rows(H.copy(), WtV, grams, penalty.l1_H, penalty.l2_H,
+                                            sweeps_H, sweep_tol, order_H)
+                    H64 = H.astype(np.float64)
+                    quad = float(np.einsum("kn,nkl,ln->", H64, grams, H64))
+                else:
+                    H, _ = update(H.copy(), WtV, sums["WtW"], penalty.l1_H, penalty.l2_H,
+                                  sweeps_H, sweep_tol, order_H)
+                    H64 = H.astype(np.float64)
+                    quad = float(np.vdot(sums["WtW"], H64 @ H64.T))
+                loss_sq = max(sq_norm_V - 2.0 * float(np.vdot(sums["WtV"], H64)) + quad, 0.0)
                 history.append(objective(loss_sq, penalty, float(sums["W_sum"].sum()),
                                          float(np.trace(sums["WtW"])), H))
-            elif frobenius:
-                sq_norm_V = float(stats["sumsq"])
-                if first:
-                    loss0 = max(sq_norm_V - 2.0 * sums["cross0"]
-                                + float(np.vdot(sums["WtW0"], HHt)), 0.0)
-                    history.append(objective(loss0, penalty, float(sums["W_sum0"].sum()),
-                                             float(np.trace(sums["WtW0"])), H))
-                H, _ = update(
-                    H.copy(), sums["WtV"].astype(H.dtype, copy=False), sums["WtW"],
-                    penalty.l1_H, penalty.l2_H, sweeps_H, sweep_tol, order_H,
-                )
-                loss_sq = frobenius_sq(sq_norm_V, sums["WtV"], sums["WtW"], H)
-                W_sum, W_sq = float(sums["W_sum"].sum()), float(np.trace(sums["WtW"]))
-                history.append(objective(loss_sq, penalty, W_sum, W_sq, H))
             else:
                 # The pass measured the iterate before it (W and H as they came in).
                 loss_sq = beta_error(sums["div0"]) ** 2
@@ -271,7 +264,7 @@ def fit(
                                    gamma)
                 if beta <= 1:
                     H[H < TINY] = 0.0
-        decrease = _decrease(history)
+        decrease = relative_decrease(history)
         converged = history[-1] <= 0 or (tol > 0 and decrease < tol)
         if not (frobenius or masked_hals) and (converged or it == max_iter):
             try:
@@ -282,7 +275,7 @@ def fit(
             loss_sq = beta_error(last["div0"]) ** 2
             history.append(float(last["div0"]) + penalty.value(
                 float(last["W_sum0"].sum()), last["W_sq0"], H))
-            decrease = _decrease(history)
+            decrease = relative_decrease(history)
         now = time.perf_counter()
         info = IterationInfo(it, max_iter, history[-1], float(np.sqrt(loss_sq)), decrease,
                              now - t0, now - start)
@@ -307,7 +300,7 @@ def fit(
     )
 
 
-def _decrease(history: list[float]) -> float:
+def relative_decrease(history: list[float]) -> float:
     """Relative decrease of the objective over the last iteration (inf before there are
     two values: a beta-divergence fit learns its first loss with its first pass)."""
     if len(history) < 2:

@@ -226,8 +226,9 @@ def frobenius_step(
     update_W : bool
         False keeps ``W_i`` fixed (only the sums are formed).
     initial_loss : bool
-        Also return ``<W_i, V_i H^T>`` and ``W_i^T W_i`` of the incoming ``W_i``, from
-        which the loss before the iteration follows.
+        Also return, for the incoming ``W_i``, ``cross0 = <W_i, V_i H^T>`` and ``quad0 =
+        <W_i^T W_i, H H^T>`` (the loss before the iteration follows from them), ``W_sum0``
+        and ``W_sq0``.
     stats : bool
         Also return :func:`block_stats` (the first pass validates V this way).
 
@@ -247,8 +248,9 @@ def frobenius_step(
         if initial_loss:
             F64 = F.astype(np.float64)
             out["cross0"] = float(np.vdot(F64, P))
-            out["WtW0"] = F64 @ F64.T
-            out["W_sum0"] = F.sum(axis=1, dtype=np.float64)
+            out["quad0"] = float(np.vdot(F64 @ F64.T, HHt))
+            out["W_sum0"] = F64.sum(axis=1)
+            out["W_sq0"] = float(np.vdot(F64, F64))
         if update_W:
             if sweep_tol > 0 and max_sweeps > 1:
                 F, sweeps = sweep_rows(update, F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
