@@ -76,7 +76,7 @@ from bignmf.fit import (
 )
 from bignmf.init import Initial, check_stats, nndsvd_from_svd, power_basis, random_factors
 from bignmf.losses import Penalty, frobenius_sq, objective
-from bignmf.passes import Sums, project_block, sweep_rows
+from bignmf.passes import Sums, project_block
 from bignmf.solvers import hals, small_blas
 
 logger = logging.getLogger(__name__)
@@ -340,7 +340,7 @@ def _compressed_W_step(
 
     Reads no V: ``Q_i`` and ``W_i`` are resident. Runs under the caller's one-thread BLAS
     limit (:func:`~bignmf.solvers.small_blas`; dask workers run one thread). Rows stop
-    sweeping on their own (:func:`bignmf.passes.sweep_rows`), so the result does not
+    sweeping on their own (:func:`bignmf.solvers.hals.sweep_columns`), so the result does not
     depend on the blocks.
     Returns the new ``W_i`` and ``QtW`` (``Q_i^T W_i``, l x k), ``WtW``, ``W_sum`` (and the
     same of the incoming ``W_i`` with ``initial_loss``). ``O(r l k + r k^2 sweeps)`` flops.
@@ -351,10 +351,8 @@ def _compressed_W_step(
         out.update(QtW0=(F64 @ Q).T, WtW0=F64 @ F64.T, W_sum0=F64.sum(axis=1))
     F = np.array(W.T, order="C")
     P = np.ascontiguousarray((Q @ BHt).T, dtype=F.dtype)
-    if sweep_tol > 0 and max_sweeps > 1:
-        F, sweeps = sweep_rows(hals.update, F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
-    else:
-        F, sweeps = hals.update(F, P, HHt, l1, l2, max_sweeps, sweep_tol, order)
+    F, sweeps = hals.update(F, P, HHt, l1, l2, max_sweeps, sweep_tol, order,
+                            per_column=sweep_tol > 0)
     F64 = F.astype(np.float64)
     out.update(QtW=(F64 @ Q).T, WtW=F64 @ F64.T, W_sum=F64.sum(axis=1), sweeps=sweeps)
     return F.T, out

@@ -5,7 +5,8 @@ of the small partial results) and ``run`` (materialize: keep the new W blocks wh
 are, bring the small total back). Two executors share that interface:
 
 * :class:`Eager` — V is a NumPy array or SciPy matrix in this process. Kernels are called
-  directly on the whole matrix (one block, multithreaded BLAS); no dask, no cluster, no
+  directly on row blocks that are views of V, one block per core run side by side in
+  threads (one BLAS thread each), or on the whole of a small V; no dask, no cluster, no
   start-up cost, so small fits (and scikit-learn's estimator checks) stay fast.
 * :class:`DaskExecutor` — V is a dask array of row blocks (from Zarr, or a user's dask
   array). Kernels become delayed tasks; ``run`` calls :func:`dask.persist` once per pass on
@@ -18,28 +19,79 @@ from __future__ import annotations
 import contextlib
 import itertools
 import operator
+import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
+import scipy.sparse as sp
 from dask._task_spec import convert_legacy_graph
 from dask.delayed import Delayed
 
 from bignmf.cluster import active_client
 from bignmf.passes import Sums, ZarrBlock, load_block, tree_sum
+from bignmf.solvers import small_blas
+
+
+#: Fewest rows per block of an in-memory V split across cores (smaller V: one block).
+MIN_EAGER_ROWS = 2048
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _row_view(V: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of V without copying its entries (CSR: views of data/indices)."""
+    if not sp.issparse(V):
+        return V[start:stop]
+    a, b = V.indptr[start], V.indptr[stop]
+    # Set the arrays of an empty matrix: SciPy's constructor copies a view that is under
+    # half of its base (``_prune_array``). They are a valid CSR slice of a valid V.
+    block = sp.csr_matrix((stop - start, V.shape[1]), dtype=V.dtype)
+    block.data, block.indices = V.data[a:b], V.indices[a:b]
+    block.indptr = V.indptr[start:stop + 1] - a
+    return block
 
 
 class Eager:
-    """Run kernels at once on an in-memory matrix (a single row block)."""
+    """Run kernels at once on an in-memory matrix.
+
+    V is split into ``n_blocks`` row blocks (views, balanced in stored entries for sparse
+    V), by default one per core when every block gets at least :data:`MIN_EAGER_ROWS`
+    rows. Each pass runs the blocks side by side in threads with one BLAS thread each:
+    the products run as fast as one multithreaded product, and the solver sweeps, the
+    per-entry work and SciPy's single-threaded sparse products, which a single block would
+    leave on one core, use every core. One block runs directly with the BLAS threads the
+    process has.
+    """
 
     lazy = False
 
-    def __init__(self, V: Any) -> None:
+    def __init__(self, V: Any, n_blocks: int | None = None) -> None:
         self.V = V
-        self.row_bounds: list[tuple[int, int]] = [(0, V.shape[0])]
+        m = V.shape[0]
+        if n_blocks is None:
+            n_blocks = min(_cores(), m // MIN_EAGER_ROWS)
+        n_blocks = max(1, min(n_blocks, m))
+        if sp.issparse(V) and n_blocks > 1:
+            V = self.V = sp.csr_matrix(V)  # CSR views need CSR (no copy if it already is)
+            targets = np.linspace(0, V.indptr[-1], n_blocks + 1)[1:-1]
+            inner = np.searchsorted(V.indptr, targets).clip(1, m - 1)
+            ends = np.unique(np.concatenate(([0], inner, [m])))
+        else:
+            ends = np.linspace(0, m, n_blocks + 1).round().astype(int)
+        self.row_bounds: list[tuple[int, int]] = [
+            (int(a), int(b)) for a, b in itertools.pairwise(ends)]
+        self._blocks = ([V] if len(self.row_bounds) == 1 else
+                        [_row_view(V, a, b) for a, b in self.row_bounds])
 
     @property
     def meta(self) -> Any:
@@ -47,13 +99,17 @@ class Eager:
         return self.V
 
     def blocks(self) -> list[Any]:
-        return [self.V]
+        return list(self._blocks)
 
     def map(
         self, kernel: Callable[..., Any], *per_block: Sequence[Any], nout: int | None = None,
         **shared: Any,
     ) -> list:
-        return [kernel(*args, **shared) for args in zip(*per_block, strict=True)]
+        calls = list(zip(*per_block, strict=True))
+        if len(calls) == 1:
+            return [kernel(*calls[0], **shared)]
+        with small_blas(), ThreadPoolExecutor(len(calls)) as pool:
+            return list(pool.map(lambda args: kernel(*args, **shared), calls))
 
     @staticmethod
     def take(items: Sequence[Any], index: int) -> list:

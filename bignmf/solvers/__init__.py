@@ -29,7 +29,8 @@ from bignmf.solvers import hals, mu
 
 
 class FactorUpdate(Protocol):
-    """``update(F, P, G, l1, l2, max_sweeps, sweep_tol, order) -> (F_new, sweeps_done)``."""
+    """``update(F, P, G, l1, l2, max_sweeps, sweep_tol, order, per_column)
+    -> (F_new, sweeps_done)``; ``F`` is updated in place."""
 
     def __call__(
         self,
@@ -41,6 +42,7 @@ class FactorUpdate(Protocol):
         max_sweeps: int,
         sweep_tol: float,
         order: np.ndarray | None = None,
+        per_column: bool = False,
     ) -> tuple[np.ndarray, int]: ...
 
 

@@ -12,6 +12,8 @@ the change falls below a fraction of the first change speeds up convergence per 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -24,6 +26,7 @@ def update(
     max_sweeps: int = 1,
     sweep_tol: float = 0.0,
     order: np.ndarray | None = None,
+    per_column: bool = False,
 ) -> tuple[np.ndarray, int]:
     """HALS sweeps on ``F`` (``k x r``, transposed factor) for ``min 0.5||X - F^T B||^2``.
 
@@ -46,43 +49,113 @@ def update(
     order : ndarray of int, optional
         Order in which components are updated (scikit-learn's ``shuffle``); default
         ``0, ..., k-1``.
+    per_column : bool
+        Apply the stopping rule to each column of ``F`` on its own (a column that stopped
+        keeps its value). Columns are independent problems (rows of W given H), so the
+        result then does not depend on which columns are solved together — on how V is
+        split into row blocks. Also stops a column whose sweep changed nothing when
+        ``sweep_tol`` is 0.
 
     Returns
     -------
     F : ndarray of shape (k, r)
     sweeps : int
-        Sweeps performed.
+        Sweeps performed (per column: the most any column needed).
     """
     k = F.shape[0]
-    G = np.array(G, dtype=F.dtype)
+    G = np.array(G, dtype=np.float64)
     if l2:
         G.flat[:: k + 1] += l2
-    if l1:
-        P = P - np.asarray(l1, dtype=F.dtype)
     diag = G.diagonal().copy()
+    scale = np.where(diag > 0, diag, 1.0)[:, None]
+    # Row j of the new factor is max(0, (P[j] - l1 - sum_{t != j} G[j, t] F[t]) / G[j, j]):
+    # with G and P divided by the diagonal once, each component costs one k x r product
+    # and two in-place passes. A component with G[j, j] = 0 (unused) keeps its value.
+    Gs = (G / scale).astype(F.dtype)
+    Gs.flat[:: k + 1] = 0
+    Ps = (np.subtract(P, l1, dtype=F.dtype) if l1 else P) / scale.astype(F.dtype)
+    Ps = Ps.astype(F.dtype, copy=False)
+    components = [j for j in (range(k) if order is None else order) if diag[j] > 0]
+
+    def sweep(Fw: np.ndarray, Pw: np.ndarray) -> None:
+        for j in components:
+            row = Gs[j] @ Fw
+            np.subtract(Pw[j], row, out=row)
+            np.maximum(row, 0, out=Fw[j])
+
+    if per_column and max_sweeps > 1:
+        return sweep_columns(sweep, F, Ps, max_sweeps, sweep_tol)
+    track = max_sweeps > 1 and sweep_tol > 0
     first = 0.0
-    tol_sq = sweep_tol * sweep_tol
     sweeps = 0
     for sweeps in range(1, max_sweeps + 1):
-        change = 0.0
-        for j in range(k) if order is None else order:
-            if diag[j] == 0:
-                continue
-            # F[j] + (P[j] - G[j] F) / G[j, j], clipped at 0, with one temporary.
-            row = G[j] @ F
-            np.subtract(P[j], row, out=row)
-            row /= diag[j]
-            row += F[j]
-            np.maximum(row, 0, out=row)
-            if max_sweeps > 1:
-                d = row - F[j]
-                change += float(d @ d)
-            F[j] = row
+        before = F.copy() if track else None
+        sweep(F, Ps)
+        if before is None:
+            continue
+        np.subtract(F, before, out=before)
+        change = float(np.vdot(before, before))
         if sweeps == 1:
             first = change
-        elif change <= tol_sq * first:
+        elif change <= sweep_tol * sweep_tol * first:
             break
     return F, sweeps
+
+
+def sweep_columns(
+    sweep: Callable[[np.ndarray, np.ndarray], None], F: np.ndarray, P: np.ndarray,
+    max_sweeps: int, sweep_tol: float,
+) -> tuple[np.ndarray, int]:
+    """Up to ``max_sweeps`` calls of ``sweep(F, P)`` (one in-place sweep on the columns it
+    is given), each column of ``F`` stopping on its own once a sweep changes it by at most
+    ``sweep_tol`` times its first change.
+
+    A stopping rule on the change of the whole block would make each row of W depend on
+    which other rows share its block, i.e. on ``block_rows`` (and so on the workers'
+    memory limit): the same ``random_state`` would give different factors on different
+    clusters, and from the in-memory fit. Per column, the answer is the same however V is
+    split. Once fewer than half the columns still sweep, they are copied out and swept
+    alone (copying costs less than sweeping stopped columns).
+    """
+    Fw, Pw = F, P  # the working columns: all of them until many have stopped
+    cols: np.ndarray | None = None  # which columns of F the working arrays hold (None: all)
+    live: np.ndarray | None = None  # working columns still sweeping (None: all)
+    first: np.ndarray | None = None
+    done = 0
+    tol_sq = sweep_tol * sweep_tol
+    for done in range(1, max_sweeps + 1):  # noqa: B007 - the count is returned
+        before = Fw.copy()
+        sweep(Fw, Pw)
+        if live is not None:  # stopped columns keep their values
+            np.copyto(Fw, before, where=~live)
+        d = np.subtract(Fw, before, out=before)
+        change = np.einsum("ij,ij->j", d, d)
+        if first is None:
+            first = change
+            continue
+        going = change > tol_sq * first
+        if live is not None:
+            going &= live
+        n_going = int(np.count_nonzero(going))
+        if not n_going:
+            break
+        if n_going >= going.size // 2:
+            live = None if n_going == going.size else going
+            continue
+        keep = np.flatnonzero(going)
+        _write_columns(F, cols, Fw)
+        cols = keep if cols is None else cols[keep]
+        Fw, Pw, first, live = Fw[:, keep], Pw[:, keep], first[keep], None
+    _write_columns(F, cols, Fw)
+    return F, done
+
+
+def _write_columns(F: np.ndarray, cols: np.ndarray | None, Fw: np.ndarray) -> None:
+    """Store the working columns ``Fw`` back into ``F`` (``cols``: which; None: all)."""
+    if cols is not None:
+        F[:, cols] = Fw
+    elif Fw is not F:
+        F[...] = Fw
 
 
 def update_rows(

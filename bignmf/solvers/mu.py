@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bignmf.solvers import hals
+
 EPSILON = float(np.finfo(np.float32).eps)
 
 
@@ -22,29 +24,37 @@ def update(
     max_sweeps: int = 1,
     sweep_tol: float = 0.0,
     order: np.ndarray | None = None,
+    per_column: bool = False,
 ) -> tuple[np.ndarray, int]:
     """Multiplicative updates of ``F`` (``k x r``); same arguments as :func:`hals.update`
     (``order`` has no meaning for a simultaneous update and is ignored)."""
     G = np.asarray(G, dtype=F.dtype)
-    first = 0.0
-    sweeps = 0
-    for sweeps in range(1, max_sweeps + 1):
-        denominator = G @ F
+
+    def sweep(Fw: np.ndarray, Pw: np.ndarray) -> None:
+        denominator = G @ Fw
         if l1:
             denominator += l1
         if l2:
-            denominator += l2 * F
+            denominator += l2 * Fw
         denominator[denominator == 0] = EPSILON
-        new = F * (P / denominator)
-        if max_sweeps > 1:
-            d = new - F
-            change = float(np.vdot(d, d))
-            if sweeps == 1:
-                first = change
-            elif change <= sweep_tol * sweep_tol * first:
-                F = new
-                break
-        F = new
+        np.divide(Pw, denominator, out=denominator)
+        Fw *= denominator
+
+    if per_column and max_sweeps > 1:
+        return hals.sweep_columns(sweep, F, P, max_sweeps, sweep_tol)
+    first = 0.0
+    sweeps = 0
+    for sweeps in range(1, max_sweeps + 1):
+        before = F.copy() if max_sweeps > 1 else None
+        sweep(F, P)
+        if before is None:
+            continue
+        np.subtract(F, before, out=before)
+        change = float(np.vdot(before, before))
+        if sweeps == 1:
+            first = change
+        elif change <= sweep_tol * sweep_tol * first:
+            break
     return F, sweeps
 
 
