@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import operator
 import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dask
@@ -33,9 +32,8 @@ from dask._task_spec import convert_legacy_graph
 from dask.delayed import Delayed
 
 from bignmf.cluster import active_client
-from bignmf.passes import Sums, ZarrBlock, load_block, tree_sum
+from bignmf.passes import Sums, ZarrBlock, add_in_order, load_block, tree_sum
 from bignmf.solvers import small_blas
-
 
 #: Fewest rows per block of an in-memory V split across cores (smaller V: one block).
 MIN_EAGER_ROWS = 2048
@@ -226,11 +224,7 @@ class DaskExecutor:
 
     @staticmethod
     def total(parts: list[Any]) -> Any:
-        add = dask.delayed(operator.add, pure=True)
-        while len(parts) > 1:
-            parts = [add(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
-                     for i in range(0, len(parts), 2)]
-        return parts[0]
+        return tree_sum(parts, dask.delayed(add_in_order, pure=True))
 
     def run(self, keep: Sequence[Any], fetch: Any = None) -> tuple[list, Any]:
         """Materialize ``keep`` where it is computed and return the value of ``fetch``.

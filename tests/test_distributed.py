@@ -40,6 +40,7 @@ from dask.utils import key_split
 from distributed import Client, get_task_stream
 
 from bignmf import NMF, cluster
+from bignmf.passes import FAN_IN, tree_sum
 
 N_SAMPLES, N_FEATURES, RANK = 1200, 90, 4
 CHUNK_ROWS, BLOCK_ROWS = 100, 200  # 12 stored row chunks, 6 row blocks
@@ -295,34 +296,61 @@ def _iteration_graph_sizes(path, block_rows, max_iter=3, **params):
     return graphs
 
 
+def _combine_tasks(n_blocks: int) -> int:
+    """Tasks of the tree that combines ``n_blocks`` partial sums, :data:`FAN_IN` at a time
+    (one per group of more than one part, level by level)."""
+    tasks = 0
+    while n_blocks > 1:
+        groups, last = divmod(n_blocks, FAN_IN)
+        tasks += groups + (last > 1)
+        n_blocks = groups + (last > 0)
+    return tasks
+
+
+def test_combine_tasks():
+    """The count above is that of tree_sum's combine calls, and a tree of 8-way groups."""
+    for n in (1, 2, 8, 9, 12, 64, 65, 1000):
+        calls: list[int] = []
+
+        def combine(*group: int, calls: list[int] = calls) -> int:
+            calls.append(len(group))
+            return sum(group)
+
+        total = tree_sum(list(range(n)), combine)
+        assert total == sum(range(n)) and len(calls) == _combine_tasks(n)
+        assert all(2 <= size <= FAN_IN for size in calls)
+    assert [_combine_tasks(n) for n in (1, 2, 8, 9, 64, 1000)] == [0, 1, 1, 2, 9, 144]
+
+
 @pytest.mark.parametrize("n_blocks", [1, 2, 3, 6, 12])
 def test_tasks_per_iteration_grow_with_row_blocks_only(dataset, tmp_path, n_blocks):
-    """Each iteration submits one graph of exactly ``5 * n_blocks`` tasks: per block one
-    fused kernel (which reads the block of V), two outputs taken from it, the incoming W
-    block; ``n_blocks - 1`` tree additions; and H. It does not grow over the iterations,
-    and does not depend on the stored chunking of V or on the matrix's size."""
+    """Each iteration submits one graph of ``4 * n_blocks + 1`` tasks plus the combining
+    tree: per block one fused kernel (which reads the block of V), two outputs taken from
+    it, the incoming W block; the tree's combine tasks (8 partial sums each); and H. It
+    does not grow over the iterations, and does not depend on the stored chunking of V or
+    on the matrix's size."""
     path, _ = dataset
     block_rows = N_SAMPLES // n_blocks
     graphs = _iteration_graph_sizes(path, block_rows)
     for graph in graphs:
-        assert sum(graph.values()) == 5 * n_blocks, graph
+        assert sum(graph.values()) == 4 * n_blocks + 1 + _combine_tasks(n_blocks), graph
         assert graph["frobenius_step"] == n_blocks
-        assert graph["add"] == n_blocks - 1
+        assert graph["add_in_order"] == _combine_tasks(n_blocks)
 
     # Same blocks over a store chunked across columns too, with smaller stored chunks and
     # twice the columns: the same graph.
     X = LowRankRows(2 * N_FEATURES, RANK, seed=2).dense(N_SAMPLES)
     other = write_zarr(tmp_path / "other.zarr", X, chunks=(CHUNK_ROWS // 2, 45))
     assert [sum(g.values()) for g in _iteration_graph_sizes(other, block_rows)] == \
-        [5 * n_blocks] * 3
+        [4 * n_blocks + 1 + _combine_tasks(n_blocks)] * 3
 
 
 def test_tasks_per_iteration_on_a_real_cluster(dataset, real_cluster):
-    """On the distributed scheduler ``4 * n_blocks`` tasks run per iteration: per block one
-    fused kernel (reading V) and the two outputs taken from it, ``n_blocks - 1`` tree
-    additions, and H (counted from the scheduler's task stream: tasks of a 3-iteration fit
-    minus those of a 1-iteration fit, over 2). The W blocks of the previous iteration are
-    already in the workers' memory, so they are not tasks here."""
+    """On the distributed scheduler ``3 * n_blocks + 1`` tasks plus the combining tree run
+    per iteration: per block one fused kernel (reading V) and the two outputs taken from
+    it, the tree's combine tasks, and H (counted from the scheduler's task stream: tasks
+    of a 3-iteration fit minus those of a 1-iteration fit, over 2). The W blocks of the
+    previous iteration are already in the workers' memory, so they are not tasks here."""
     path, _ = dataset
     per_iteration = {}
     with real_cluster.client.as_current():
@@ -337,8 +365,8 @@ def test_tasks_per_iteration_on_a_real_cluster(dataset, real_cluster):
             per_iteration[n_blocks] = {k: v / 2 for k, v in diff.items()}
     for n_blocks, kinds in per_iteration.items():
         assert kinds == {"frobenius_step": n_blocks, "getitem": 2 * n_blocks,
-                         "add": n_blocks - 1, "ndarray": 1}, kinds
-        assert sum(kinds.values()) == 4 * n_blocks
+                         "add_in_order": _combine_tasks(n_blocks), "ndarray": 1}, kinds
+        assert sum(kinds.values()) == 3 * n_blocks + 1 + _combine_tasks(n_blocks)
 
 
 @pytest.mark.parametrize("block_rows", [None, 250])
