@@ -29,6 +29,7 @@ beside this file for the method, results and findings.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import cProfile
 import importlib
@@ -42,12 +43,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+from zarr.storage import LocalStore
 
 # --------------------------------------------------------------------------- helpers
 
@@ -403,14 +406,43 @@ def block_bytes_for(client: Any) -> int | None:
     return min(bio.DEFAULT_BLOCK_BYTES, limit // 8) if limit else None
 
 
-def read_pass(path: str, block_rows: int | None, block_bytes: int | None,
+_clock = {"next": 0.0}
+_clock_lock = threading.Lock()
+
+
+class ThrottledStore(LocalStore):
+    """A read-only local Zarr store that serves chunk bytes at most at ``bandwidth`` bytes/s
+    per process — storage slower than decoding (a network file system, object storage):
+    the I/O-bound case. One clock per process, so concurrent chunk reads share the
+    bandwidth. Defined in this module so that worker processes can unpickle it."""
+
+    def __init__(self, root: Any, *, bandwidth: float, read_only: bool = True) -> None:
+        super().__init__(root, read_only=read_only)
+        self.bandwidth = float(bandwidth)
+
+    async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
+        buf = await super().get(key, prototype, byte_range)
+        if buf is not None and not key.endswith("zarr.json"):
+            with _clock_lock:
+                now = time.monotonic()
+                start = max(now, _clock["next"])
+                _clock["next"] = start + len(buf) / self.bandwidth
+                wait = _clock["next"] - now
+            await asyncio.sleep(wait)
+        return buf
+
+
+def read_pass(path: Any, block_rows: int | None, block_bytes: int | None,
               reps: int, warmup: bool = True) -> dict[str, Any]:
     """One read+decode pass of V in bignmf's row blocks, with the current dask scheduler."""
     import dask
 
+    from bignmf import cluster
     from bignmf import io as bio
 
-    Vd = bio.open_matrix(path, block_rows=block_rows, block_bytes=block_bytes)
+    client, _ = cluster.resolve()  # the fit's blocks: a multiple of the workers
+    parts = cluster.n_workers(client)
+    Vd = bio.open_matrix(path, block_rows=block_rows, block_bytes=block_bytes, parts=parts)
     times = []
     for rep in range(reps + warmup):  # a first, untimed pass warms up (worker imports)
         tasks = [dask.delayed(_touch, pure=False)(b)

@@ -354,5 +354,5 @@ def _compressed_W_step(
     F, sweeps = hals.update(F, P, HHt, l1, l2, max_sweeps, sweep_tol, order,
                             per_column=sweep_tol > 0)
     F64 = F.astype(np.float64)
-    out.update(QtW=(F64 @ Q).T, WtW=F64 @ F64.T, W_sum=F64.sum(axis=1), sweeps=sweeps)
+    out.update(QtW=(F64 @ Q).T, WtW=F64 @ F64.T, W_sum=F64.sum(axis=1), max_sweeps=sweeps)
     return F.T, out

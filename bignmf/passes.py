@@ -258,7 +258,7 @@ def frobenius_step(
     -------
     W_new : ndarray of shape (r, k)
     sums : Sums
-        ``WtV``, ``WtW``, ``W_sum`` (column sums of W), ``sweeps``; more as requested.
+        ``WtV``, ``WtW``, ``W_sum`` (column sums of W), ``max_sweeps``; more as requested.
     """
     V = load_block(V)
     out = block_stats(V) if stats else Sums()
@@ -274,7 +274,7 @@ def frobenius_step(
             out["W_sum0"] = F64.sum(axis=1)
             out["W_sq0"] = float(np.vdot(F64, F64))
         if update_W:
-            F, out["sweeps"] = update(F, P, HHt, l1, l2, max_sweeps, sweep_tol, order,
+            F, out["max_sweeps"] = update(F, P, HHt, l1, l2, max_sweeps, sweep_tol, order,
                                       per_column=sweep_tol > 0)
     out["WtV"] = _left(F, V).astype(np.float64, copy=False)
     with small_blas():
@@ -704,7 +704,7 @@ def masked_hals_step(
     sums : Sums
         ``WtV`` (k x n), ``Gcols`` (n x k x k: observed Grams, ``'unstored'``; or the
         missing entries' part to subtract from ``WtW``, ``'nan'``), ``WtW``, ``W_sum``,
-        ``sweeps``; with ``initial_loss`` the W side of the incoming iterate's loss
+        ``max_sweeps``; with ``initial_loss`` the W side of the incoming iterate's loss
         (``cross0 = <W, V H^T>``, ``quad0 = sum_i w_i^T G_i w_i``, ``W_sum0``, ``W_sq0``).
     """
     V = load_block(V)
@@ -723,7 +723,7 @@ def masked_hals_step(
             out["quad0"] = float(np.einsum("kr,rkl,lr->", F64, grams, F64))
             out["W_sum0"] = F64.sum(axis=1)
             out["W_sq0"] = float(np.vdot(F64, F64))
-        F, out["sweeps"] = hals.update_rows(F, P, grams.astype(F.dtype, copy=False), l1, l2,
+        F, out["max_sweeps"] = hals.update_rows(F, P, grams.astype(F.dtype, copy=False), l1, l2,
                                             max_sweeps, sweep_tol, order)
     out["WtV"] = _left(F, X).astype(np.float64, copy=False)
     with small_blas():
