@@ -108,6 +108,9 @@ def time_to(trace: list[tuple[float, float]], target: float) -> float | None:
 def compare(label: str, make_input: Any, k: int, count: Any, **params: Any) -> dict[str, Any]:
     from bignmf.compressed import POWER_ITERATIONS
 
+    # Untimed warm-up: the first fit of a process pays one-time costs (imports, thread pools,
+    # Zarr's event loop) that must not count against whichever solver runs first.
+    run_fit(make_input(), k, "cd", max_iter=1, init="random")
     log(f"[{label}] compressed fit ...")
     before = count()
     comp = run_fit(make_input(), k, "compressed", **params)
