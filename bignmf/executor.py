@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import operator
 import os
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,8 +29,9 @@ import dask
 import dask.array as da
 import numpy as np
 import scipy.sparse as sp
-from dask._task_spec import convert_legacy_graph
+from dask._task_spec import Task, TaskRef, convert_legacy_graph
 from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from bignmf.cluster import active_client
 from bignmf.passes import Sums, ZarrBlock, add_in_order, load_block, tree_sum
@@ -198,14 +200,15 @@ class DaskExecutor:
         self, kernel: Callable[..., Any], *per_block: Sequence[Any], nout: int | None = None,
         **shared: Any,
     ) -> list:
-        """One delayed ``kernel(*block_args, **shared)`` per row block (``nout`` outputs)."""
-        # Large shared arrays become one task each, so they travel once per worker.
-        shared = {
-            key: dask.delayed(value) if isinstance(value, np.ndarray) and value.size > 64 else value
-            for key, value in shared.items()
-        }
-        call = dask.delayed(kernel, pure=True, nout=nout)
-        return [call(*args, **shared) for args in zip(*per_block, strict=True)]
+        """One delayed ``kernel(*block_args, **shared)`` per row block (``nout`` outputs,
+        taken with :meth:`take`)."""
+        # Large shared arrays become one graph node each, so they travel once per worker.
+        data = {key: value for key, value in shared.items()
+                if isinstance(value, np.ndarray) and value.size > 64}
+        nodes = _layer("shared", [(_identity, (value,), {}) for value in data.values()])
+        shared = {**shared, **dict(zip(data, nodes, strict=True))}
+        return _layer(kernel.__name__, [(kernel, args, shared)
+                                        for args in zip(*per_block, strict=True)])
 
     def make_resident(self) -> None:
         """Read V's blocks once into the workers' memory; later passes use them there.
@@ -220,11 +223,23 @@ class DaskExecutor:
 
     @staticmethod
     def take(items: Sequence[Any], index: int) -> list:
-        return [item[index] for item in items]
+        return _layer("getitem", [(operator.getitem, (item, index), {}) for item in items])
 
     @staticmethod
     def total(parts: list[Any]) -> Any:
-        return tree_sum(parts, dask.delayed(add_in_order, pure=True))
+        if len(parts) == 1:
+            return parts[0]
+        # The whole tree in one layer: its inner nodes refer to each other by key.
+        name = f"add_in_order-{uuid.uuid4().hex}"
+        layer: dict[Any, Task] = {}
+
+        def combine(*group: Any) -> TaskRef:
+            key = (name, len(layer))
+            layer[key] = Task(key, add_in_order, *group)
+            return TaskRef(key)
+
+        root = tree_sum([TaskRef(part.key) for part in parts], combine)
+        return Delayed(root.key, _graph(name, layer, parts), layer=name)
 
     def run(self, keep: Sequence[Any], fetch: Any = None) -> tuple[list, Any]:
         """Materialize ``keep`` where it is computed and return the value of ``fetch``.
@@ -279,6 +294,57 @@ class DaskExecutor:
             W = W.rechunk((self.V.chunks[0], W.shape[1]))
             return list(W.to_delayed().ravel())
         return self.put([np.asarray(W[a:b]) for a, b in self.row_bounds])
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _layer(prefix: str, calls: Sequence[tuple[Callable[..., Any], Sequence[Any],
+                                              dict[str, Any]]]) -> list[Delayed]:
+    """One graph layer with a task ``func(*args, **kwargs)`` per entry of ``calls``, as
+    delayed objects; delayed arguments become references to their keys.
+
+    Building the layer directly costs microseconds per task: ``dask.delayed`` calls
+    inspect and tokenize every argument, ~0.5 ms per block and pass, which at 1000 row
+    blocks was most of an iteration's time on the client. Keys are unique (no two passes
+    share one, however alike their inputs).
+    """
+    name = f"{prefix}-{uuid.uuid4().hex}"
+    deps: dict[Any, Delayed] = {}
+
+    def ref(x: Any) -> Any:
+        if isinstance(x, Delayed):
+            deps[x.key] = x
+            return TaskRef(x.key)
+        return x
+
+    layer = {
+        (name, i): Task((name, i), func, *map(ref, args),
+                        **{key: ref(value) for key, value in kwargs.items()})
+        for i, (func, args, kwargs) in enumerate(calls)
+    }
+    graph = _graph(name, layer, deps.values())
+    return [Delayed((name, i), graph, layer=name) for i in range(len(calls))]
+
+
+def _graph(name: str, layer: dict[Any, Task], deps: Iterable[Delayed]) -> HighLevelGraph:
+    """``layer`` on top of one layer holding the graphs of ``deps`` (each merged once,
+    however many delayed objects share it).
+
+    Two layers, not one per input: ``dask.persist`` copies every collection's graph layer
+    by layer, and with 1000 row blocks (a layer per persisted W block and V block) that was
+    millions of dictionary operations per pass on the client.
+    """
+    below: dict[Any, Any] = {}
+    graphs: dict[int, Any] = {}  # by id, holding each graph (``.dask`` may build a new one)
+    for dep in deps:
+        graph = dep.dask
+        if id(graph) not in graphs:
+            graphs[id(graph)] = graph
+            below.update(graph)
+    base = f"inputs-{name}"
+    return HighLevelGraph({name: layer, base: below}, {name: {base}, base: set()})
 
 
 def _fresh_blocks(V: da.Array) -> list[Delayed]:

@@ -365,7 +365,7 @@ def test_tasks_per_iteration_on_a_real_cluster(dataset, real_cluster):
             per_iteration[n_blocks] = {k: v / 2 for k, v in diff.items()}
     for n_blocks, kinds in per_iteration.items():
         assert kinds == {"frobenius_step": n_blocks, "getitem": 2 * n_blocks,
-                         "add_in_order": _combine_tasks(n_blocks), "ndarray": 1}, kinds
+                         "add_in_order": _combine_tasks(n_blocks), "shared": 1}, kinds
         assert sum(kinds.values()) == 3 * n_blocks + 1 + _combine_tasks(n_blocks)
 
 
