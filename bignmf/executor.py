@@ -250,7 +250,10 @@ class DaskExecutor:
             if fetch is None:
                 return list(dask.persist(*keep)), None
             *kept, fetched = dask.persist(*keep, fetch)
-            value = fetched.compute()
+            from distributed import futures_of  # imported once a cluster computes
+
+            futures = futures_of(fetched)  # on a cluster: gather it, no new graph
+            value = futures[0].result() if futures else fetched.compute()
         return kept, value
 
     def compute(self, *objs: Any) -> tuple:
