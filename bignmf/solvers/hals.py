@@ -83,14 +83,24 @@ def update(
             np.subtract(Pw[j], row, out=row)
             np.maximum(row, 0, out=Fw[j])
 
+    return repeat_sweeps(sweep, F, Ps, max_sweeps, sweep_tol, per_column)
+
+
+def repeat_sweeps(
+    sweep: Callable[[np.ndarray, np.ndarray], None], F: np.ndarray, P: np.ndarray,
+    max_sweeps: int, sweep_tol: float, per_column: bool,
+) -> tuple[np.ndarray, int]:
+    """Up to ``max_sweeps`` calls of ``sweep(F, P)`` (one in-place sweep of an update rule),
+    stopping once a sweep changes ``F`` by at most ``sweep_tol`` times the first sweep's
+    change: the whole of ``F``, or each column on its own (:func:`sweep_columns`)."""
     if per_column and max_sweeps > 1:
-        return sweep_columns(sweep, F, Ps, max_sweeps, sweep_tol)
+        return sweep_columns(sweep, F, P, max_sweeps, sweep_tol)
     track = max_sweeps > 1 and sweep_tol > 0
     first = 0.0
     sweeps = 0
     for sweeps in range(1, max_sweeps + 1):
         before = F.copy() if track else None
-        sweep(F, Ps)
+        sweep(F, P)
         if before is None:
             continue
         np.subtract(F, before, out=before)

@@ -40,22 +40,7 @@ def update(
         np.divide(Pw, denominator, out=denominator)
         Fw *= denominator
 
-    if per_column and max_sweeps > 1:
-        return hals.sweep_columns(sweep, F, P, max_sweeps, sweep_tol)
-    first = 0.0
-    sweeps = 0
-    for sweeps in range(1, max_sweeps + 1):
-        before = F.copy() if max_sweeps > 1 else None
-        sweep(F, P)
-        if before is None:
-            continue
-        np.subtract(F, before, out=before)
-        change = float(np.vdot(before, before))
-        if sweeps == 1:
-            first = change
-        elif change <= sweep_tol * sweep_tol * first:
-            break
-    return F, sweeps
+    return hals.repeat_sweeps(sweep, F, P, max_sweeps, sweep_tol, per_column)
 
 
 def beta_update(
