@@ -61,10 +61,13 @@ _controller: ThreadpoolController | None = None
 def small_blas() -> AbstractContextManager[Any]:
     """Context for solver sweeps and other loops of small BLAS calls: one BLAS thread.
 
-    A sweep makes one ``k x k`` by ``k x r`` product per component; spreading each over
-    several threads costs far more than it saves (ten sweeps on a 32 x 20000 factor: about
-    0.5 s with 2 OpenBLAS threads, 0.045 s with 1). It also makes results independent of how
-    many BLAS threads the process has (dask workers run with one).
+    A sweep makes one ``k x k`` by ``k x r`` product per component. Spread over several
+    threads, each costs far more than it saves when the other cores are busy (ten sweeps on
+    a 32 x 20000 factor: about 0.5 s with 2 OpenBLAS threads, 0.045 s with 1, on a loaded
+    machine; on idle cores 2 threads were 1.6x faster, which the in-memory executor gets
+    safely by running row blocks side by side, one BLAS thread each). One thread also makes
+    results independent of how many BLAS threads the process has (dask workers run with
+    one).
     """
     global _controller
     if _controller is None:  # scanning the loaded libraries costs ~4 ms: do it once
