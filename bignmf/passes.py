@@ -62,7 +62,8 @@ def tree_sum(parts: list[Any], combine: Callable[..., Any] = add_in_order) -> An
     """Combine partial sums in a tree of groups of :data:`FAN_IN` consecutive parts.
 
     The grouping depends only on ``len(parts)``, so the result is the same on every run;
-    ``combine`` is :func:`add_in_order` or, on a cluster, a delayed version of it.
+    ``combine`` is :func:`add_in_order`, or on a cluster what adds its task to the pass's
+    graph (:meth:`bignmf.executor.DaskExecutor.total`).
     """
     while len(parts) > 1:
         groups = [parts[i:i + FAN_IN] for i in range(0, len(parts), FAN_IN)]
