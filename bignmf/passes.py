@@ -104,7 +104,8 @@ def load_block(V: Any) -> Any:
     if isinstance(V, ZarrBlock):
         V = V.read()
     if sp.issparse(V):
-        V = sp.csr_matrix(V)
+        if not isinstance(V, sp.csr_matrix):  # (the constructor would copy a row view)
+            V = sp.csr_matrix(V)
         if V.dtype not in (np.float32, np.float64):
             V = V.astype(np.float64)
         return V

@@ -9,6 +9,7 @@ from numpy.testing import assert_allclose
 
 from bignmf import NMF, executor
 from bignmf.executor import Eager
+from bignmf.passes import load_block
 
 
 @pytest.fixture
@@ -34,6 +35,8 @@ def test_blocks_are_views_balanced_in_stored_entries():
     assert len(blocks) == len(ex.row_bounds) >= 2
     assert [b.shape[0] for b in blocks] == [b - a for a, b in ex.row_bounds]
     assert all(np.shares_memory(b.data, X.data) for b in blocks)
+    # and the kernels compute on them as they are (no copy per pass)
+    assert all(load_block(b) is b for b in blocks)
     nnz = [b.nnz for b in blocks]
     assert max(nnz) < 0.5 * X.nnz  # rows split by stored entries, not by count
     assert sum(nnz) == X.nnz
@@ -67,6 +70,8 @@ def test_blocks_in_threads_give_the_one_block_fit(solver, sparse, monkeypatch):
     assert_allclose(three.components_, one.components_, rtol=1e-7, atol=1e-10)
     assert_allclose(three.reconstruction_err_, one.reconstruction_err_, rtol=1e-9)
     assert_allclose(three.transform(Xin), one.transform(Xin), rtol=1e-7, atol=1e-10)
+    # The blocks are views of the user's matrix: it is left as it was.
+    assert_allclose(Xin.toarray() if sparse else Xin, X, rtol=0, atol=0)
 
 
 def test_blocks_in_threads_kl_and_missing(three_blocks):
