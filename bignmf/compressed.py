@@ -83,7 +83,7 @@ from bignmf.fit import (
 from bignmf.init import Initial, check_stats, nndsvd_from_svd, power_basis, random_factors
 from bignmf.losses import Penalty, frobenius_sq, objective
 from bignmf.passes import Sums, project_block
-from bignmf.solvers import hals, small_blas
+from bignmf.solvers import hals, small_blas, thread_budget
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,7 @@ def fit_compressed(
         raise ValueError(f"the sketch width ({l}) must be at least n_components ({k})")
     t_start = time.perf_counter()
 
+    threads = thread_budget()  # read before the one-thread BLAS limit below
     Omega = rng.standard_normal(size=(n, l))
     Y_blocks, sums, stats = _range_finder(ex, Omega, power_iterations)
     sq_norm_V = float(stats["sumsq"])
@@ -213,7 +214,7 @@ def fit_compressed(
         if ex.lazy and m * (B.shape[0] + k) * 8 <= LOCAL_ITERATIONS_BYTES:
             Q, W_now = ex.compute(ex.assemble(Q_blocks, B.shape[0], np.float64),
                                   ex.assemble(W_blocks, k, dtype))
-            here = Eager(Q)
+            here = Eager(Q, threads=threads)
             Q_blocks, W_blocks = here.blocks(), here.split(W_now)
             del Q, W_now
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import operator
-import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,17 +34,10 @@ from dask.highlevelgraph import HighLevelGraph
 
 from bignmf.cluster import active_client
 from bignmf.passes import Sums, ZarrBlock, add_in_order, load_block, tree_sum
-from bignmf.solvers import small_blas
+from bignmf.solvers import small_blas, thread_budget
 
 #: Fewest rows per block of an in-memory V split across cores (smaller V: one block).
 MIN_EAGER_ROWS = 2048
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _row_view(V: Any, start: int, stop: int) -> Any:
@@ -65,21 +57,23 @@ class Eager:
     """Run kernels at once on an in-memory matrix.
 
     V is split into ``n_blocks`` row blocks (views, balanced in stored entries for sparse
-    V), by default one per core when every block gets at least :data:`MIN_EAGER_ROWS`
-    rows. Each pass runs the blocks side by side in threads with one BLAS thread each:
-    the products run as fast as one multithreaded product, and the solver sweeps, the
-    per-entry work and SciPy's single-threaded sparse products, which a single block would
-    leave on one core, use every core. One block runs directly with the BLAS threads the
-    process has.
+    V), by default one per thread of ``threads`` (default
+    :func:`~bignmf.solvers.thread_budget`: the cores, fewer when BLAS is limited) when
+    every block gets at least :data:`MIN_EAGER_ROWS` rows. Each pass runs the blocks side
+    by side in threads with one BLAS thread each: the products run as fast as one
+    multithreaded product, and the solver sweeps, the per-entry work and SciPy's
+    single-threaded sparse products, which a single block would leave on one core, use
+    every core. One block runs directly with the BLAS threads the process has.
     """
 
     lazy = False
 
-    def __init__(self, V: Any, n_blocks: int | None = None) -> None:
+    def __init__(self, V: Any, n_blocks: int | None = None, threads: int | None = None
+                 ) -> None:
         self.V = V
         m = V.shape[0]
         if n_blocks is None:
-            n_blocks = min(_cores(), m // MIN_EAGER_ROWS)
+            n_blocks = min(threads or thread_budget(), m // MIN_EAGER_ROWS)
         n_blocks = max(1, min(n_blocks, m))
         if sp.issparse(V) and n_blocks > 1:
             V = self.V = sp.csr_matrix(V)  # CSR views need CSR (no copy if it already is)

@@ -15,7 +15,7 @@ from bignmf.passes import load_block
 @pytest.fixture
 def three_blocks(monkeypatch):
     """In-memory fits split V into 3 row blocks, whatever this machine's core count."""
-    monkeypatch.setattr(executor, "_cores", lambda: 3)
+    monkeypatch.setattr(executor, "thread_budget", lambda: 3)
     monkeypatch.setattr(executor, "MIN_EAGER_ROWS", 8)
 
 
@@ -60,7 +60,7 @@ def test_blocks_in_threads_give_the_one_block_fit(solver, sparse, monkeypatch):
     monkeypatch.setattr(executor, "MIN_EAGER_ROWS", 10**9)
     one = NMF(**params)
     W1 = one.fit_transform(Xin)
-    monkeypatch.setattr(executor, "_cores", lambda: 3)
+    monkeypatch.setattr(executor, "thread_budget", lambda: 3)
     monkeypatch.setattr(executor, "MIN_EAGER_ROWS", 8)
     three = NMF(**params)
     W3 = three.fit_transform(Xin)
@@ -86,3 +86,14 @@ def test_blocks_in_threads_kl_and_missing(three_blocks):
     masked = NMF(5, missing="nan", init="nndsvda", max_iter=50, random_state=0,
                   tol=0).fit(Xm)
     assert np.isfinite(masked.reconstruction_err_) and (masked.components_ >= 0).all()
+
+
+def test_blocks_follow_the_blas_thread_budget():
+    """One block per BLAS thread the process may use: none extra inside a worker whose
+    BLAS is limited to one thread (a dask or joblib worker)."""
+    from threadpoolctl import threadpool_limits
+
+    V = np.ones((100_000, 3))
+    assert len(Eager(V, threads=2).blocks()) == 2
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert len(Eager(V).blocks()) == 1

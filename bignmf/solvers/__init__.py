@@ -18,6 +18,7 @@ A rule is looked up by name with :func:`get_solver`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -83,3 +84,19 @@ def get_solver(name: str) -> FactorUpdate:
         raise ValueError(
             f"Invalid solver {name!r}: choose one of {', '.join(repr(s) for s in _SOLVERS)}"
         ) from None
+
+
+def thread_budget() -> int:
+    """Threads this process may keep busy: its cores, or fewer when its BLAS is limited
+    (inside a dask or joblib worker, with ``OPENBLAS_NUM_THREADS``, under
+    :func:`small_blas`), so that in-memory fits run inside parallel jobs do not
+    oversubscribe the machine."""
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    blas = [lib.num_threads for lib in _controller.select(user_api="blas").lib_controllers]
+    return max(1, min([cores, *blas]))
