@@ -13,6 +13,7 @@ the change falls below a fraction of the first change speeds up convergence per 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,7 @@ def update(
 
 
 def repeat_sweeps(
-    sweep: Callable[[np.ndarray, np.ndarray], None], F: np.ndarray, P: np.ndarray,
+    sweep: Callable[[np.ndarray, Any], None], F: np.ndarray, P: Any,
     max_sweeps: int, sweep_tol: float, per_column: bool,
 ) -> tuple[np.ndarray, int]:
     """Up to ``max_sweeps`` calls of ``sweep(F, P)`` (one in-place sweep of an update rule),
@@ -113,12 +114,13 @@ def repeat_sweeps(
 
 
 def sweep_columns(
-    sweep: Callable[[np.ndarray, np.ndarray], None], F: np.ndarray, P: np.ndarray,
+    sweep: Callable[[np.ndarray, Any], None], F: np.ndarray, P: Any,
     max_sweeps: int, sweep_tol: float,
 ) -> tuple[np.ndarray, int]:
     """Up to ``max_sweeps`` calls of ``sweep(F, P)`` (one in-place sweep on the columns it
     is given), each column of ``F`` stopping on its own once a sweep changes it by at most
-    ``sweep_tol`` times its first change.
+    ``sweep_tol`` times its first change. ``P`` is the columns' data: an array, or a tuple
+    of arrays, with the columns on the last axis.
 
     A stopping rule on the change of the whole block would make each row of W depend on
     which other rows share its block, i.e. on ``block_rows`` (and so on the workers'
@@ -155,9 +157,16 @@ def sweep_columns(
         keep = np.flatnonzero(going)
         _write_columns(F, cols, Fw)
         cols = keep if cols is None else cols[keep]
-        Fw, Pw, first, live = Fw[:, keep], Pw[:, keep], first[keep], None
+        Fw, Pw, first, live = Fw[:, keep], _columns(Pw, keep), first[keep], None
     _write_columns(F, cols, Fw)
     return F, done
+
+
+def _columns(P: Any, keep: np.ndarray) -> Any:
+    """The columns ``keep`` of an array, or of each array of a tuple (last axis)."""
+    if isinstance(P, tuple):
+        return tuple(a[..., keep] for a in P)
+    return P[..., keep]
 
 
 def _write_columns(F: np.ndarray, cols: np.ndarray | None, Fw: np.ndarray) -> None:
@@ -187,7 +196,7 @@ def update_rows(
     ``sweep_tol`` times its first change, so the result does not depend on which columns
     are solved together. Costs ``O(r k^2)`` per sweep.
     """
-    k, r = F.shape
+    k = F.shape[0]
     G = np.array(G, dtype=F.dtype)
     if l2:
         G[:, np.arange(k), np.arange(k)] += l2
@@ -195,27 +204,16 @@ def update_rows(
         P = P - np.asarray(l1, dtype=F.dtype)
     diag = np.ascontiguousarray(G[:, np.arange(k), np.arange(k)].T)  # (k, r)
     safe = np.where(diag > 0, diag, 1)
-    Gt = np.ascontiguousarray(G.transpose(1, 0, 2))  # (k, r, k): row t of every Gram
-    first: np.ndarray | None = None
-    live = np.ones(r, dtype=bool)
-    tol_sq = sweep_tol * sweep_tol
-    sweeps = 0
-    for sweeps in range(1, max_sweeps + 1):  # noqa: B007 - the count is returned
-        before = F.copy() if max_sweeps > 1 else F
+    Gt = np.ascontiguousarray(G.transpose(1, 2, 0))  # (k, k, r): row t of every Gram
+
+    def sweep(Fw: np.ndarray, columns: tuple[np.ndarray, ...]) -> None:
+        Pw, Gw, dw, sw = columns
         for t in range(k) if order is None else order:
-            grad = P[t] - np.einsum("rk,kr->r", Gt[t], F)
-            row = F[t] + grad / safe[t]
+            row = Fw[t] + (Pw[t] - np.einsum("kr,kr->r", Gw[t], Fw)) / sw[t]
             np.maximum(row, 0, out=row)
-            row[diag[t] <= 0] = F[t][diag[t] <= 0]  # a component no observed entry sees
-            F[t] = np.where(live, row, F[t])
-        if max_sweeps == 1:
-            break
-        d = F - before
-        change = np.einsum("ij,ij->j", d, d)
-        if first is None:
-            first = change
-            continue
-        live &= change > tol_sq * first
-        if not live.any():
-            break
-    return F, sweeps
+            unseen = dw[t] <= 0  # a component no observed entry sees keeps its value
+            row[unseen] = Fw[t][unseen]
+            Fw[t] = row
+
+    return repeat_sweeps(sweep, F, (P, Gt, diag, safe), max_sweeps, sweep_tol,
+                         per_column=True)
