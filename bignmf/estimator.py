@@ -36,7 +36,7 @@ from bignmf import checkpoint, cluster, io
 from bignmf.checkpoint import Checkpointer, FitState
 from bignmf.compressed import fit_compressed
 from bignmf.executor import DaskExecutor, Eager
-from bignmf.fit import FitResult, IterationInfo, fit
+from bignmf.fit import FitResult, IterationInfo, fit, update_kind
 from bignmf.init import Initial, initialize, resolve_init
 from bignmf.losses import BETA_LOSSES, Penalty, beta_to_float
 from bignmf.passes import (
@@ -309,7 +309,7 @@ l1_ratio, verbose, shuffle
         no mask needs ``W_i H`` everywhere: its blocks are sized as dense ones.
         """
         beta = beta_to_float(self.beta_loss)
-        updates = beta != 2 or self.missing is not None
+        updates = update_kind(beta, self.missing, self.solver) != "frobenius"
         sparse = isinstance(source, io.CSRStore) or (
             isinstance(source, da.Array) and sp.issparse(source._meta))
         densify = sparse and self.missing is None and beta not in (1, 2)
@@ -487,13 +487,14 @@ l1_ratio, verbose, shuffle
         H64 = H.astype(np.float64)
         penalty = Penalty.from_alphas(shape, self.alpha_W, self.alpha_H, self.l1_ratio)
         beta = beta_to_float(self.beta_loss)
-        if beta == 2 and self.missing is not None and self.solver != "mu":
+        kind = update_kind(beta, self.missing, self.solver)
+        if kind == "masked_hals":
             outs = ex.map(
                 masked_transform_block, ex.blocks(), nout=2, H=H, HHt=H64 @ H64.T,
                 missing=self.missing, l1=penalty.l1_W, l2=penalty.l2_W,
                 max_iter=self.max_iter, tol=self.tol,
             )
-        elif beta == 2 and self.missing is None:
+        elif kind == "frobenius":
             outs = ex.map(
                 transform_block, ex.blocks(), nout=2, H=H, HHt=H64 @ H64.T,
                 update=hals.update, l1=penalty.l1_W, l2=penalty.l2_W, max_iter=self.max_iter,

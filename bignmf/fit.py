@@ -27,7 +27,7 @@ from sklearn.utils import check_random_state
 
 from bignmf.checkpoint import Checkpointer, FitState
 from bignmf.init import Initial, check_stats
-from bignmf.losses import Penalty, beta_error, objective
+from bignmf.losses import Penalty, beta_error, expanded_sq, objective
 from bignmf.passes import TINY, Sums, beta_step, frobenius_step, masked_hals_step
 from bignmf.solvers import get_solver, hals, mu, small_blas
 
@@ -129,8 +129,8 @@ def fit(
     sweeps_H = auto_sweeps(inner_sweeps, m / k)
     sweep_tol = SWEEP_TOL if inner_sweeps == "auto" else 0.0
 
-    frobenius = beta == 2 and missing is None
-    masked_hals = beta == 2 and missing is not None and solver != "mu"
+    kind = update_kind(beta, missing, solver)
+    expanded = kind != "beta"  # the loss from the pass's sums (else from the kernels)
     W_blocks, H, stats = initial.W_blocks, initial.H, initial.stats
     # The fit owns the blocks from here: each is released once its successor exists, not
     # kept alive by the caller's ``initial`` for the whole fit.
@@ -147,7 +147,7 @@ def fit(
         history = list(state.history)
         loss_sq = float(state.extra.get("loss_sq", np.nan))
         converged = bool(state.extra.get("converged", False))
-        if not (frobenius or masked_hals) and not converged:
+        if not expanded and not converged:
             # A beta fit learns the loss of iterate t in pass t + 1; a checkpoint written at
             # the end of a fit (max_iter) also has the extra pass's value, which the next
             # pass recomputes.
@@ -195,19 +195,19 @@ def fit(
         t0 = time.perf_counter()
         first = not history
         H_old = H
-        if frobenius or masked_hals:
+        if expanded:
             with small_blas():
                 H64 = H.astype(np.float64)
                 HHt = H64 @ H64.T
             order_W = rng.permutation(k) if rng is not None else None
             order_H = rng.permutation(k) if rng is not None else None
-        if masked_hals:
+        if kind == "masked_hals":
             outs = ex.map(
                 masked_hals_step, ex.blocks(), W_blocks, nout=2, H=H, HHt=HHt,
                 missing=missing, l1=penalty.l1_W, l2=penalty.l2_W, max_sweeps=sweeps_W,
                 sweep_tol=sweep_tol, order=order_W, initial_loss=first, stats=stats is None,
             )
-        elif frobenius:
+        elif kind == "frobenius":
             outs = ex.map(
                 frobenius_step, ex.blocks(), W_blocks, nout=2,
                 H=H, HHt=HHt, update=update, l1=penalty.l1_W, l2=penalty.l2_W,
@@ -226,16 +226,16 @@ def fit(
             check_stats(sums, beta=beta)
             stats = sums
         with small_blas():  # the update of H and the loss: small products, one thread
-            if frobenius or masked_hals:
+            if expanded:
                 # ||V - WH||^2 over the observed entries = ||V||^2 - 2 <W^T V, H> + quad,
                 # with quad = <W^T W, H H^T>, or sum_j h_j^T G_j h_j for per-column Grams.
                 sq_norm_V = float(stats["sumsq"])
                 if first:
-                    loss0 = max(sq_norm_V - 2.0 * sums["cross0"] + sums["quad0"], 0.0)
+                    loss0 = expanded_sq(sq_norm_V, sums["cross0"], sums["quad0"])
                     history.append(objective(loss0, penalty, float(sums["W_sum0"].sum()),
                                              sums["W_sq0"], H))
                 WtV = sums["WtV"].astype(H.dtype, copy=False)
-                if masked_hals:
+                if kind == "masked_hals":
                     grams = (sums["Gcols"] if missing == "unstored"
                              else sums["WtW"][None, :, :] - sums["Gcols"])
                     H, _ = hals.update_rows(H.copy(), WtV, grams, penalty.l1_H, penalty.l2_H,
@@ -247,7 +247,7 @@ def fit(
                                   sweeps_H, sweep_tol, order_H)
                     H64 = H.astype(np.float64)
                     quad = float(np.vdot(sums["WtW"], H64 @ H64.T))
-                loss_sq = max(sq_norm_V - 2.0 * float(np.vdot(sums["WtV"], H64)) + quad, 0.0)
+                loss_sq = expanded_sq(sq_norm_V, float(np.vdot(sums["WtV"], H64)), quad)
                 history.append(objective(loss_sq, penalty, float(sums["W_sum"].sum()),
                                          float(np.trace(sums["WtW"])), H))
             else:
@@ -266,7 +266,7 @@ def fit(
                     H[H < TINY] = 0.0
         decrease = relative_decrease(history)
         converged = history[-1] <= 0 or (tol > 0 and decrease < tol)
-        if not (frobenius or masked_hals) and (converged or it == max_iter):
+        if not expanded and (converged or it == max_iter):
             try:
                 last = beta_loss_pass()
             except Exception as err:
@@ -308,3 +308,12 @@ def relative_decrease(history: list[float]) -> float:
     before, after = history[-2], history[-1]
     return (before - after) / before if before > 0 else 0.0
 
+
+def update_kind(beta: float, missing: str | None, solver: str) -> str:
+    """The fused kernel a fit runs: ``'frobenius'`` (:func:`~bignmf.passes.frobenius_step`,
+    HALS or MU on the Frobenius loss), ``'masked_hals'`` (missing entries with HALS,
+    :func:`~bignmf.passes.masked_hals_step`) or ``'beta'`` (multiplicative updates for any
+    beta and masks, :func:`~bignmf.passes.beta_step`)."""
+    if beta != 2 or (missing is not None and solver == "mu"):
+        return "beta"
+    return "frobenius" if missing is None else "masked_hals"

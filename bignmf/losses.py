@@ -68,8 +68,13 @@ def frobenius_sq(sq_norm_V: float, WtV: np.ndarray, WtW: np.ndarray, H: np.ndarr
     clipped at zero.
     """
     H64 = np.asarray(H, dtype=np.float64)
-    cross = float(np.vdot(WtV, H64))
-    quad = float(np.vdot(WtW, H64 @ H64.T))
+    return expanded_sq(sq_norm_V, float(np.vdot(WtV, H64)), float(np.vdot(WtW, H64 @ H64.T)))
+
+
+def expanded_sq(sq_norm_V: float, cross: float, quad: float) -> float:
+    """``||V - W H||^2 = ||V||^2 - 2 cross + quad``, with ``cross = <W^T V, H>`` and
+    ``quad = ||W H||^2`` (over the observed entries when some are missing), clipped at zero
+    (cancellation limits the absolute accuracy to about ``eps * ||V||^2``)."""
     return max(sq_norm_V - 2.0 * cross + quad, 0.0)
 
 
