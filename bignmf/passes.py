@@ -270,20 +270,35 @@ def frobenius_step(
     P = _right(V, H)
     with small_blas():  # everything but the two big products: small, single-threaded
         if initial_loss:
-            F64 = F.astype(np.float64)
-            out["cross0"] = float(np.vdot(F64, P))
+            F64 = _incoming_W_terms(F, P, out)
             out["quad0"] = float(np.vdot(F64 @ F64.T, HHt))
-            out["W_sum0"] = F64.sum(axis=1)
-            out["W_sq0"] = float(np.vdot(F64, F64))
         if update_W:
             F, out["max_sweeps"] = update(F, P, HHt, l1, l2, max_sweeps, sweep_tol, order,
                                       per_column=sweep_tol > 0)
-    out["WtV"] = _left(F, V).astype(np.float64, copy=False)
+    _new_W_sums(F, V, out)
+    return F.T, out
+
+
+def _incoming_W_terms(F: np.ndarray, P: np.ndarray, out: Sums) -> np.ndarray:
+    """Into ``out``, the incoming ``W_i``'s share of the loss before the iteration:
+    ``cross0 = <W_i, V_i H^T>``, ``W_sum0``, ``W_sq0``. Returns ``F`` in float64 (the caller
+    adds its ``quad0``)."""
+    F64 = F.astype(np.float64)
+    out["cross0"] = float(np.vdot(F64, P))
+    out["W_sum0"] = F64.sum(axis=1)
+    out["W_sq0"] = float(np.vdot(F64, F64))
+    return F64
+
+
+def _new_W_sums(F: np.ndarray, X: Any, out: Sums) -> np.ndarray:
+    """Into ``out``, what the update of H needs from the new ``W_i`` (``F``, k x r) and the
+    block ``X``: ``WtV`` (k x n), ``WtW``, ``W_sum``. Returns ``F`` in float64."""
+    out["WtV"] = _left(F, X).astype(np.float64, copy=False)
     with small_blas():
         F64 = F.astype(np.float64)
         out["WtW"] = F64 @ F64.T
         out["W_sum"] = F64.sum(axis=1)
-    return F.T, out
+    return F64
 
 
 def transform_block(
@@ -720,18 +735,12 @@ def masked_hals_step(
     with small_blas():
         grams = _row_grams(pattern, H, HHt, missing)
         if initial_loss:
-            F64 = F.astype(np.float64)
-            out["cross0"] = float(np.vdot(F64, P))
+            F64 = _incoming_W_terms(F, P, out)
             out["quad0"] = float(np.einsum("kr,rkl,lr->", F64, grams, F64))
-            out["W_sum0"] = F64.sum(axis=1)
-            out["W_sq0"] = float(np.vdot(F64, F64))
         F, out["max_sweeps"] = hals.update_rows(F, P, grams.astype(F.dtype, copy=False), l1, l2,
                                             max_sweeps, sweep_tol, order)
-    out["WtV"] = _left(F, X).astype(np.float64, copy=False)
+    F64 = _new_W_sums(F, X, out)
     with small_blas():
-        F64 = F.astype(np.float64)
-        out["WtW"] = F64 @ F64.T
-        out["W_sum"] = F64.sum(axis=1)
         out["Gcols"] = _entry_grams(pattern, np.ascontiguousarray(F64.T), by_row=False)
     return F.T, out
 
