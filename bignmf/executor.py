@@ -28,7 +28,7 @@ import dask
 import dask.array as da
 import numpy as np
 import scipy.sparse as sp
-from dask._task_spec import Task, TaskRef, convert_legacy_graph
+from dask._task_spec import DataNode, Task, TaskRef, convert_legacy_graph
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
@@ -199,7 +199,7 @@ class DaskExecutor:
         # Large shared arrays become one graph node each, so they travel once per worker.
         data = {key: value for key, value in shared.items()
                 if isinstance(value, np.ndarray) and value.size > 64}
-        nodes = _layer("shared", [(_identity, (value,), {}) for value in data.values()])
+        nodes = _data_layer(list(data.values()))
         shared = {**shared, **dict(zip(data, nodes, strict=True))}
         return _layer(kernel.__name__, [(kernel, args, shared)
                                         for args in zip(*per_block, strict=True)])
@@ -293,8 +293,13 @@ class DaskExecutor:
         return self.put([np.asarray(W[a:b]) for a, b in self.row_bounds])
 
 
-def _identity(x: Any) -> Any:
-    return x
+def _data_layer(values: Sequence[Any]) -> list[Delayed]:
+    """One graph layer holding ``values`` as data, one node each, as delayed objects."""
+    name = f"shared-{uuid.uuid4().hex}"
+    layer: dict[Any, Any] = {(name, i): DataNode((name, i), value)
+                             for i, value in enumerate(values)}
+    graph = HighLevelGraph({name: layer}, {name: set()})
+    return [Delayed((name, i), graph, layer=name) for i in range(len(values))]
 
 
 def _layer(prefix: str, calls: Sequence[tuple[Callable[..., Any], Sequence[Any],
