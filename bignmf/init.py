@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.special import ndtri
 from sklearn.utils import check_random_state
 
 from bignmf.passes import Sums, block_stats, project_block, sketch_block
@@ -210,11 +211,10 @@ def nndsvd_from_svd(
     elif init == "nndsvdar":
         zeros = H == 0
         H[zeros] = np.abs(mean * rng.standard_normal(size=int(zeros.sum())) / 100)
-    seeds = rng.randint(0, 2**31 - 1, size=len(ex.row_bounds)) if init == "nndsvdar" else \
-        [0] * len(ex.row_bounds)
+    seed = int(rng.randint(0, 2**31 - 1)) if init == "nndsvdar" else 0
     W_blocks = ex.map(
-        _nndsvd_W_block, X_blocks, list(seeds), M=M, coef=coef, sign=sign, eps=eps,
-        fill=init[6:], mean=mean, dtype=dtype,
+        _nndsvd_W_block, X_blocks, [start for start, _ in ex.row_bounds], M=M, coef=coef,
+        sign=sign, eps=eps, fill=init[6:], mean=mean, dtype=dtype, seed=seed,
     )
     W_blocks, _ = ex.run(W_blocks)
     return W_blocks, H.astype(dtype)
@@ -228,10 +228,11 @@ def _signed_sq_norms(C: np.ndarray, M: np.ndarray) -> Sums:
 
 
 def _nndsvd_W_block(
-    C: np.ndarray, seed: int, *, M: np.ndarray, coef: np.ndarray, sign: np.ndarray,
-    eps: float, fill: str, mean: float, dtype: Any,
+    C: np.ndarray, start: int, *, M: np.ndarray, coef: np.ndarray, sign: np.ndarray,
+    eps: float, fill: str, mean: float, dtype: Any, seed: int,
 ) -> np.ndarray:
-    """W rows of NNDSVD from ``U_i = C_i M``: scaled positive or negative parts."""
+    """W rows ``start:`` of NNDSVD from ``U_i = C_i M``: scaled positive or negative parts;
+    zeros filled with the mean (``'a'``) or small random values (``'ar'``)."""
     U = C @ M
     W = np.where(sign == 0, np.abs(U), np.maximum(sign * U, 0)) * coef
     W[eps > W] = 0
@@ -239,6 +240,19 @@ def _nndsvd_W_block(
         W[W == 0] = mean
     elif fill == "ar":
         zeros = W == 0
-        rng = np.random.RandomState(seed)
-        W[zeros] = np.abs(mean * rng.standard_normal(size=int(zeros.sum())) / 100)
+        W[zeros] = np.abs(mean * _row_normals(seed, start, W.shape)[zeros] / 100)
     return W.astype(dtype)
+
+
+def _row_normals(seed: int, start: int, shape: tuple[int, int]) -> np.ndarray:
+    """Standard normal values for rows ``start:start + shape[0]`` of a matrix with
+    ``shape[1]`` columns, the same however the rows are split into blocks: one Philox
+    stream per seed, whose uniform draws are taken at the rows' positions (``advance``
+    skips 4 draws per step) and mapped through the normal quantile function."""
+    first = start * shape[1]
+    bitgen = np.random.Philox(key=seed)
+    bitgen.advance(first // 4)
+    gen = np.random.Generator(bitgen)
+    gen.random(first % 4)
+    u = gen.random(shape)
+    return ndtri(np.clip(u, np.finfo(np.float64).tiny, None))

@@ -247,3 +247,16 @@ def test_estimator_uses_the_same_initialization(X):
     est = NMF(4, init="random", random_state=0, max_iter=1, tol=0).fit(X)
     assert_allclose(est.loss_history_[0], 0.5 * np.linalg.norm(X - W_sk @ H_sk) ** 2,
                     rtol=1e-10)
+
+
+def test_nndsvdar_fill_does_not_depend_on_the_blocks(X):
+    """The random fill of nndsvdar is drawn at each row's place in one stream: the same
+    however V is split into row blocks (in memory one block per core, out of core by the
+    workers' memory)."""
+    W1, H1, _ = run_init(X, 6, "nndsvdar", random_state=3)
+    for chunk_rows in (7, 13, 50):
+        W, H, _ = run_init(X, 6, "nndsvdar", random_state=3, chunk_rows=chunk_rows)
+        # (the blocks' sums of the sketch differ in the last bits, so the SVD does too)
+        assert_allclose(W, W1, rtol=1e-8)
+        assert_allclose(H, H1, rtol=1e-8)
+    assert (W1 > 0).all()
