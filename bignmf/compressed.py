@@ -226,7 +226,7 @@ def fit_compressed(
             order_W = order_rng.permutation(k) if order_rng is not None else None
             order_H = order_rng.permutation(k) if order_rng is not None else None
             outs = here.map(
-                _compressed_W_step, Q_blocks, W_blocks, nout=2, BHt=B @ H64.T,
+                _compressed_W_step, Q_blocks, W_blocks, BHt=B @ H64.T,
                 HHt=H64 @ H64.T, l1=penalty.l1_W, l2=penalty.l2_W, max_sweeps=sweeps_W,
                 sweep_tol=sweep_tol, order=order_W, initial_loss=first,
             )
@@ -289,7 +289,7 @@ def _range_finder(ex: Any, Omega: np.ndarray, power_iterations: int
     ``(V^T V)^q Omega``, the sums ``CtC = Y^T Y`` and ``VtC = V^T Y``, and V's
     :func:`~bignmf.passes.block_stats` (checked): ``1 + power_iterations`` passes."""
     P, stats = power_basis(ex, Omega, power_iterations)
-    outs = ex.map(project_block, ex.blocks(), nout=2, Q=P, stats=stats is None,
+    outs = ex.map(project_block, ex.blocks(), Q=P, stats=stats is None,
                   with_VtC=True)
     Y_blocks, sums = ex.run(ex.take(outs, 0), ex.total(ex.take(outs, 1)))
     if stats is None:

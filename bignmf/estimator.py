@@ -490,19 +490,19 @@ l1_ratio, verbose, shuffle
         kind = update_kind(beta, self.missing, self.solver)
         if kind == "masked_hals":
             outs = ex.map(
-                masked_transform_block, ex.blocks(), nout=2, H=H, HHt=H64 @ H64.T,
+                masked_transform_block, ex.blocks(), H=H, HHt=H64 @ H64.T,
                 missing=self.missing, l1=penalty.l1_W, l2=penalty.l2_W,
                 max_iter=self.max_iter, tol=self.tol,
             )
         elif kind == "frobenius":
             outs = ex.map(
-                transform_block, ex.blocks(), nout=2, H=H, HHt=H64 @ H64.T,
+                transform_block, ex.blocks(), H=H, HHt=H64 @ H64.T,
                 update=hals.update, l1=penalty.l1_W, l2=penalty.l2_W, max_iter=self.max_iter,
                 tol=self.tol,
             )
         else:
             outs = ex.map(
-                beta_transform_block, ex.blocks(), nout=2, H=H, beta=beta,
+                beta_transform_block, ex.blocks(), H=H, beta=beta,
                 gamma=mu.mm_exponent(beta), l1=penalty.l1_W, l2=penalty.l2_W,
                 missing=self.missing, max_iter=self.max_iter, tol=self.tol,
             )

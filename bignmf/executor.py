@@ -96,8 +96,7 @@ class Eager:
         return list(self._blocks)
 
     def map(
-        self, kernel: Callable[..., Any], *per_block: Sequence[Any], nout: int | None = None,
-        **shared: Any,
+        self, kernel: Callable[..., Any], *per_block: Sequence[Any], **shared: Any,
     ) -> list:
         calls = list(zip(*per_block, strict=True))
         if len(calls) == 1:
@@ -191,11 +190,10 @@ class DaskExecutor:
         return self._V_blocks
 
     def map(
-        self, kernel: Callable[..., Any], *per_block: Sequence[Any], nout: int | None = None,
-        **shared: Any,
+        self, kernel: Callable[..., Any], *per_block: Sequence[Any], **shared: Any,
     ) -> list:
-        """One delayed ``kernel(*block_args, **shared)`` per row block (``nout`` outputs,
-        taken with :meth:`take`)."""
+        """One delayed ``kernel(*block_args, **shared)`` per row block (a kernel's outputs
+        are taken with :meth:`take`)."""
         # Large shared arrays become one graph node each, so they travel once per worker.
         data = {key: value for key, value in shared.items()
                 if isinstance(value, np.ndarray) and value.size > 64}
@@ -211,8 +209,7 @@ class DaskExecutor:
         or CSR); every later pass reads no storage. A block lost with a worker is read
         again by the scheduler (its task depends on nothing else).
         """
-        load = dask.delayed(load_block, pure=True)
-        self._V_blocks, _ = self.run([load(block) for block in self._V_blocks])
+        self._V_blocks, _ = self.run(self.map(load_block, self._V_blocks))
         self.resident = True
 
     @staticmethod

@@ -186,7 +186,7 @@ def fit(
 
     def beta_loss_pass() -> Sums:
         """The divergence of the current W, H: one pass (only at the end of a fit)."""
-        outs = ex.map(beta_step, ex.blocks(), W_blocks, nout=2, H=H, update_W=False,
+        outs = ex.map(beta_step, ex.blocks(), W_blocks, H=H, update_W=False,
                       partials=False, **beta_kw)
         return ex.run([], ex.total(ex.take(outs, 1)))[1]
 
@@ -203,19 +203,19 @@ def fit(
             order_H = rng.permutation(k) if rng is not None else None
         if kind == "masked_hals":
             outs = ex.map(
-                masked_hals_step, ex.blocks(), W_blocks, nout=2, H=H, HHt=HHt,
+                masked_hals_step, ex.blocks(), W_blocks, H=H, HHt=HHt,
                 missing=missing, l1=penalty.l1_W, l2=penalty.l2_W, max_sweeps=sweeps_W,
                 sweep_tol=sweep_tol, order=order_W, initial_loss=first, stats=stats is None,
             )
         elif kind == "frobenius":
             outs = ex.map(
-                frobenius_step, ex.blocks(), W_blocks, nout=2,
+                frobenius_step, ex.blocks(), W_blocks,
                 H=H, HHt=HHt, update=update, l1=penalty.l1_W, l2=penalty.l2_W,
                 max_sweeps=sweeps_W, sweep_tol=sweep_tol, order=order_W,
                 initial_loss=first, stats=stats is None,
             )
         else:
-            outs = ex.map(beta_step, ex.blocks(), W_blocks, nout=2, H=H, l1=penalty.l1_W,
+            outs = ex.map(beta_step, ex.blocks(), W_blocks, H=H, l1=penalty.l1_W,
                           l2=penalty.l2_W, stats=stats is None, **beta_kw)
         try:
             W_blocks, sums = ex.run(ex.take(outs, 0), ex.total(ex.take(outs, 1)))

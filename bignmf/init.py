@@ -133,7 +133,7 @@ def _nndsvd(
     assert stats is not None
 
     # Last pass: C = V Q (kept where computed) and C^T C.
-    outs = ex.map(project_block, ex.blocks(), nout=2, Q=Q, missing=missing)
+    outs = ex.map(project_block, ex.blocks(), Q=Q, missing=missing)
     C_blocks, total = ex.run(ex.take(outs, 0), ex.total(ex.take(outs, 1)))
     CtC = total["CtC"]
 

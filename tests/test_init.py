@@ -164,7 +164,7 @@ def test_sketch_singular_values_match_lapack_on_low_rank_data(low_rank, chunk_ro
     _, sums = ex.run([], ex.total(ex.map(sketch_block, ex.blocks(), Omega=Omega)))
     assert_allclose(sums["Z"], V.T @ (V @ Omega), rtol=1e-10)
     Q, _ = np.linalg.qr(sums["Z"])
-    outs = ex.map(project_block, ex.blocks(), nout=2, Q=Q)
+    outs = ex.map(project_block, ex.blocks(), Q=Q)
     _, total = ex.run([], ex.total(ex.take(outs, 1)))
     evals = np.sort(np.linalg.eigvalsh(total["CtC"]))[::-1]
     S = np.sqrt(np.maximum(evals[:k], 0))
