@@ -55,6 +55,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_core as core
 from bench_core import log, quiet, summary, timed
 
+from bignmf.cluster import proc_status
+
 DATA = os.environ.get("BIGNMF_DATA", os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
 
@@ -726,19 +728,11 @@ def _reset_peak() -> int:
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    return _status("VmRSS")
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return proc_status("VmRSS")
 
 
 def _peak() -> int:
-    return _status("VmHWM")
+    return proc_status("VmHWM")
 
 
 def section_memory(c1: Any, tmp: str, a: argparse.Namespace, tab: Table) -> dict[str, Any]:

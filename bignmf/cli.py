@@ -38,7 +38,7 @@ import numpy as np
 import zarr
 
 from bignmf import __version__, checkpoint, cluster, hpc, io
-from bignmf.estimator import NMF
+from bignmf.estimator import NMF, SOLVERS
 from bignmf.losses import BETA_LOSSES, beta_to_float
 from bignmf.progress import Progress
 
@@ -51,7 +51,7 @@ def _add_fit_options(p: argparse.ArgumentParser, scheduler: bool = True) -> None
     p.add_argument("--init", default=None,
                    choices=["random", "nndsvd", "nndsvda", "nndsvdar"],
                    help="initialization (default: nndsvda, as scikit-learn)")
-    p.add_argument("--solver", default="cd", choices=["cd", "hals", "mu", "compressed"],
+    p.add_argument("--solver", default="cd", choices=SOLVERS,
                    help="cd (HALS), mu (multiplicative updates; other losses, missing "
                         "entries) or compressed (HALS on a sketch of V, then exact polishing)")
     p.add_argument("--beta-loss", default="frobenius",

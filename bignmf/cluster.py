@@ -159,9 +159,18 @@ def worker_peak_memory(client: Any) -> dict[str, int]:
         return {}
 
 
-def _vmhwm() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+def proc_status(field: str) -> int:
+    """A memory field of this process's ``/proc/self/status`` (``'VmHWM'``: peak resident
+    memory, ``'VmRSS'``: current) in bytes; 0 where there is none (not Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return 0
+
+
+def _vmhwm() -> int:
+    return proc_status("VmHWM")

@@ -58,13 +58,15 @@ def _is_real(v: Any) -> bool:
 
 
 # name: (test, what is allowed) — checked once per fit, messages name the parameter.
+#: Every ``solver``: the update rules of :mod:`bignmf.solvers`, and compressed NMF.
+SOLVERS = (*SOLVER_NAMES, "compressed")
+
 _CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_components": (lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1),
                      "an int >= 1, 'auto' or None"),
     "init": (lambda v: v in (None, "random", "nndsvd", "nndsvda", "nndsvdar", "custom"),
              "one of None, 'random', 'nndsvd', 'nndsvda', 'nndsvdar', 'custom'"),
-    "solver": (lambda v: v in (*SOLVER_NAMES, "compressed"),
-               f"one of {', '.join(map(repr, (*SOLVER_NAMES, 'compressed')))}"),
+    "solver": (lambda v: v in SOLVERS, f"one of {', '.join(map(repr, SOLVERS))}"),
     "beta_loss": (lambda v: (isinstance(v, str) and v in BETA_LOSSES) or _is_real(v),
                   "'frobenius', 'kullback-leibler', 'itakura-saito' or a float"),
     "tol": (lambda v: _is_real(v) and v >= 0, "a float >= 0"),

@@ -225,20 +225,21 @@ def read_counts(log_path: str | os.PathLike[str]) -> Counter[str]:
 # --------------------------------------------------------------------------- real clusters
 def vmhwm() -> int:
     """Peak resident set size of the calling process in bytes (``VmHWM``; Linux)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return _status("VmHWM")
 
 
 def vmrss() -> int:
     """Current resident set size of the calling process in bytes (``VmRSS``; Linux)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    return _status("VmRSS")
+
+
+def _status(field: str) -> int:
+    from bignmf.cluster import proc_status
+
+    value = proc_status(field)
+    if not value:
+        raise RuntimeError(f"no {field} in /proc/self/status")
+    return value
 
 
 @dataclass
