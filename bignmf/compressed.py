@@ -78,7 +78,8 @@ from bignmf.fit import (
     IterationInfo,
     auto_sweeps,
     fit,
-    relative_decrease,
+    report,
+    stopping,
 )
 from bignmf.init import Initial, check_stats, nndsvd_from_svd, power_basis, random_factors
 from bignmf.losses import Penalty, frobenius_sq, objective
@@ -241,16 +242,9 @@ def fit_compressed(
             loss_sq = frobenius_sq(sq_norm_V, WtV, sums["WtW"], H)
             history.append(objective(loss_sq, penalty, float(sums["W_sum"].sum()),
                                      float(np.trace(sums["WtW"])), H))
-            after, decrease = history[-1], relative_decrease(history)
-            converged = after <= 0 or (tol > 0 and decrease < tol)
-            now = time.perf_counter()
-            info = IterationInfo(it, total_iter, after, float(np.sqrt(loss_sq)), decrease,
-                                 now - t0, now - t_start)
-            logger.log(logging.INFO if verbose else logging.DEBUG,
-                       "compressed iteration %d: objective %.6g (sketch), relative "
-                       "decrease %.3g, %.3fs", it, after, decrease, info.seconds)
-            if callback is not None:
-                callback(info)
+            decrease, converged = stopping(history, tol)
+            report("compressed iteration (objective from the sketch)", it, total_iter,
+                   history[-1], loss_sq, decrease, t0, t_start, verbose, callback)
     del Q_blocks  # the polishing passes need only W (and V)
     if here is not ex:  # W back to the workers, in V's row blocks
         W_blocks = ex.split(here.assemble(W_blocks, k, dtype))

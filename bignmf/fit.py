@@ -264,8 +264,7 @@ def fit(
                                    gamma)
                 if beta <= 1:
                     H[H < TINY] = 0.0
-        decrease = relative_decrease(history)
-        converged = history[-1] <= 0 or (tol > 0 and decrease < tol)
+        decrease, converged = stopping(history, tol)
         if not expanded and (converged or it == max_iter):
             try:
                 last = beta_loss_pass()
@@ -276,14 +275,8 @@ def fit(
             history.append(float(last["div0"]) + penalty.value(
                 float(last["W_sum0"].sum()), last["W_sq0"], H))
             decrease = relative_decrease(history)
-        now = time.perf_counter()
-        info = IterationInfo(it, max_iter, history[-1], float(np.sqrt(loss_sq)), decrease,
-                             now - t0, now - start)
-        logger.log(logging.INFO if verbose else logging.DEBUG,
-                   "iteration %d: objective %.6g, relative decrease %.3g, %.3fs",
-                   it, history[-1], decrease, info.seconds)
-        if callback is not None:
-            callback(info)
+        report("iteration", it, max_iter, history[-1], loss_sq, decrease, t0, start,
+               verbose, callback)
         if checkpointer is not None and (converged or it == max_iter or checkpointer.due(it)):
             try:
                 save(it)
@@ -298,6 +291,28 @@ def fit(
         reconstruction_err=float(np.sqrt(loss_sq)), loss_history=history,
         stats=dict(stats or {}),
     )
+
+
+def stopping(history: list[float], tol: float) -> tuple[float, bool]:
+    """The relative decrease of the objective over the last iteration, and whether the fit
+    has converged: the decrease is below ``tol`` (when ``tol > 0``) or the objective is 0."""
+    decrease = relative_decrease(history)
+    return decrease, history[-1] <= 0 or (tol > 0 and decrease < tol)
+
+
+def report(what: str, it: int, max_iter: int, objective: float, loss_sq: float,
+           decrease: float, t0: float, start: float, verbose: int,
+           callback: Callable[[IterationInfo], None] | None) -> None:
+    """Log iteration ``it`` (begun at ``t0``, the fit at ``start``) and hand it to
+    ``callback``."""
+    now = time.perf_counter()
+    info = IterationInfo(it, max_iter, objective, float(np.sqrt(loss_sq)), decrease,
+                         now - t0, now - start)
+    logger.log(logging.INFO if verbose else logging.DEBUG,
+               "%s %d: objective %.6g, relative decrease %.3g, %.3fs",
+               what, it, objective, decrease, info.seconds)
+    if callback is not None:
+        callback(info)
 
 
 def relative_decrease(history: list[float]) -> float:
