@@ -313,23 +313,16 @@ def write_result(
     newest checkpoint.
     """
     path = os.fspath(path)
+
+    def write(root: zarr.Group) -> None:
+        write_factors(root, W, H, loss_history)
+        root.attrs.update({**attrs, "status": "complete"})
+
     if in_place:
-        root = zarr.open_group(path, mode="a")
-        target = path
+        write(zarr.open_group(path, mode="a"))
     else:
-        if os.path.exists(path) and not overwrite:
-            raise FileExistsError(
-                f"{path!r} exists; choose another output or pass overwrite=True")
-        target = f"{path}.partial-{os.getpid()}"
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        root = zarr.open_group(target, mode="w")
-    write_factors(root, W, H, loss_history)
-    root.attrs.update({**attrs, "status": "complete"})
-    if not in_place:
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(target, path)
+        with atomic_store(path, overwrite) as target:
+            write(zarr.open_group(target, mode="w"))
     return path
 
 
