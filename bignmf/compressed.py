@@ -81,9 +81,9 @@ from bignmf.fit import (
     report,
     stopping,
 )
-from bignmf.init import Initial, check_stats, nndsvd_from_svd, power_basis, random_factors
+from bignmf.init import Initial, nndsvd_from_svd, power_basis, random_factors
 from bignmf.losses import Penalty, frobenius_sq, objective
-from bignmf.passes import Sums, project_block
+from bignmf.passes import Sums, check_stats, project_block
 from bignmf.solvers import hals, small_blas, thread_budget
 
 logger = logging.getLogger(__name__)

@@ -1,16 +1,18 @@
 """Where and when block kernels run: the only module that makes dask compute.
 
 A pass over V is ``map`` (one kernel call per row block), ``total`` (a fixed-order tree sum
-of the small partial results) and ``run`` (materialize: keep the new W blocks where they
-are, bring the small total back). Two executors share that interface:
+of the small partial results; ``reduce`` also applies a function to it in the same task)
+and ``run`` (materialize: keep the new W blocks where they are, bring the small total
+back) or ``start`` (the same, returning before the total is there; ``lookahead`` says how
+many passes a fit may start ahead). Two executors share that interface:
 
 * :class:`Eager` — V is a NumPy array or SciPy matrix in this process. Kernels are called
   directly on row blocks that are views of V, one block per core run side by side in
   threads (one BLAS thread each), or on the whole of a small V; no dask, no cluster, no
   start-up cost, so small fits (and scikit-learn's estimator checks) stay fast.
 * :class:`DaskExecutor` — V is a dask array of row blocks (from Zarr, or a user's dask
-  array). Kernels become delayed tasks; ``run`` calls :func:`dask.persist` once per pass on
-  the new W blocks *and* the tree-summed partials together, so every block of V is read
+  array). Kernels become tasks; ``start`` calls :func:`dask.persist` once per pass on the
+  new W blocks *and* the tree-summed partials together, so every block of V is read
   exactly once per pass, and W stays on the workers (as futures on a distributed cluster).
 """
 
@@ -53,6 +55,19 @@ def _row_view(V: Any, start: int, stop: int) -> Any:
     return block
 
 
+class Pending:
+    """A started pass: ``kept`` (where they are computed) and, from :meth:`result`, the
+    value of what it fetches."""
+
+    def __init__(self, kept: list, fetch: Callable[[], Any]) -> None:
+        self.kept = kept
+        self._fetch = fetch
+
+    def result(self) -> tuple[list, Any]:
+        """``(kept, fetched value)``, once the pass has computed the fetched part."""
+        return self.kept, self._fetch()
+
+
 class Eager:
     """Run kernels at once on an in-memory matrix.
 
@@ -67,6 +82,8 @@ class Eager:
     """
 
     lazy = False
+    #: Passes started before the previous one's result is known (:meth:`lookahead`).
+    lookahead = 0
 
     def __init__(self, V: Any, n_blocks: int | None = None, threads: int | None = None
                  ) -> None:
@@ -109,12 +126,29 @@ class Eager:
         return [item[index] for item in items]
 
     @staticmethod
+    def item(obj: Any, index: int) -> Any:
+        return obj[index]
+
+    @staticmethod
     def total(parts: list[Sums]) -> Sums:
         return tree_sum(parts)
 
     @staticmethod
+    def reduce(parts: list[Sums], func: Callable[..., Any], *args: Any, **kwargs: Any
+               ) -> Any:
+        return func(tree_sum(parts), *args, **kwargs)
+
+    @staticmethod
     def run(keep: Sequence[Any], fetch: Any = None) -> tuple[list, Any]:
         return list(keep), fetch
+
+    @staticmethod
+    def start(keep: Sequence[Any], fetch: Any = None) -> Pending:
+        return Pending(list(keep), lambda: fetch)
+
+    @staticmethod
+    def value(obj: Any) -> Any:
+        return obj
 
     @staticmethod
     def put(arrays: Sequence[np.ndarray]) -> list:
@@ -212,40 +246,78 @@ class DaskExecutor:
         self._V_blocks, _ = self.run(self.map(load_block, self._V_blocks))
         self.resident = True
 
+    @property
+    def lookahead(self) -> int:
+        """Passes to start before the previous one's result is known: one on a distributed
+        cluster, whose scheduler then starts each pass as soon as its inputs exist (the
+        client's round trip leaves the critical path); none with a local dask scheduler,
+        which computes when a pass is started."""
+        with self.active():
+            return 1 if active_client() is not None else 0
+
     @staticmethod
     def take(items: Sequence[Any], index: int) -> list:
         return _layer("getitem", [(operator.getitem, (item, index), {}) for item in items])
 
     @staticmethod
+    def item(obj: Any, index: int) -> Any:
+        """``obj[index]`` as an argument of later kernels, taken inside their tasks (no
+        task of its own: the tasks depend on, and a worker fetches, the whole ``obj``)."""
+        return _Item(obj, index) if isinstance(obj, Delayed) else obj[index]
+
+    @staticmethod
     def total(parts: list[Any]) -> Any:
         if len(parts) == 1:
             return parts[0]
-        # The whole tree in one layer: its inner nodes refer to each other by key.
         name = f"add_in_order-{uuid.uuid4().hex}"
-        layer: dict[Any, Task] = {}
-
-        def combine(*group: Any) -> TaskRef:
-            key = (name, len(layer))
-            layer[key] = Task(key, add_in_order, *group)
-            return TaskRef(key)
-
-        root = tree_sum([TaskRef(part.key) for part in parts], combine)
+        layer, _, root = _tree_layer(name, parts)
         return Delayed(root.key, _graph(name, layer, parts), layer=name)
+
+    @staticmethod
+    def reduce(parts: list[Any], func: Callable[..., Any], *args: Any, **kwargs: Any
+               ) -> Delayed:
+        """``func(total(parts), *args, **kwargs)``, with the tree's last sum inside
+        ``func``'s task: what follows a pass's total starts without another round trip."""
+        name = f"add_in_order-{uuid.uuid4().hex}"
+        layer, groups, root = _tree_layer(name, parts)
+        total: Any = root
+        if root.key in layer:  # (a tree of more than one part)
+            del layer[root.key]
+            total = Task(None, add_in_order, *groups[root.key])
+        deps = {part.key: part for part in parts}
+        ref = _referrer(deps)
+        key = f"{func.__name__}-{uuid.uuid4().hex}"
+        layer[key] = Task(key, func, total, *map(ref, args),
+                          **{k: ref(v) for k, v in kwargs.items()})
+        return Delayed(key, _graph(name, layer, deps.values()), layer=name)
 
     def run(self, keep: Sequence[Any], fetch: Any = None) -> tuple[list, Any]:
         """Materialize ``keep`` where it is computed and return the value of ``fetch``.
 
         Both go into one graph, so each V block that feeds them is read once.
         """
+        return self.start(keep, fetch).result()
+
+    def start(self, keep: Sequence[Any], fetch: Any = None) -> Pending:
+        """Start computing ``keep`` (kept where it is computed) and ``fetch``, in one graph;
+        on a distributed cluster this returns at once and :meth:`Pending.result` waits."""
         with self.active():
             if fetch is None:
-                return list(dask.persist(*keep)), None
+                return Pending(list(dask.persist(*keep)), lambda: None)
             *kept, fetched = dask.persist(*keep, fetch)
-            from distributed import futures_of  # imported once a cluster computes
+        return Pending(kept, lambda: self.value(fetched))
 
-            futures = futures_of(fetched)  # on a cluster: gather it, no new graph
-            value = futures[0].result() if futures else fetched.compute()
-        return kept, value
+    def value(self, obj: Any) -> Any:
+        """The value of a lazy object: gathered if it was persisted on a cluster."""
+        from distributed import futures_of  # imported once a cluster computes
+
+        if isinstance(obj, _Item):
+            return self.value(obj.obj)[obj.index]
+        if not isinstance(obj, Delayed):
+            return obj
+        with self.active():
+            futures = futures_of(obj)  # on a cluster: gather it, no new graph
+            return futures[0].result() if futures else obj.compute()
 
     def compute(self, *objs: Any) -> tuple:
         """Compute lazy objects (e.g. a ``to_zarr`` store) with this executor's scheduler."""
@@ -311,13 +383,7 @@ def _layer(prefix: str, calls: Sequence[tuple[Callable[..., Any], Sequence[Any],
     """
     name = f"{prefix}-{uuid.uuid4().hex}"
     deps: dict[Any, Delayed] = {}
-
-    def ref(x: Any) -> Any:
-        if isinstance(x, Delayed):
-            deps[x.key] = x
-            return TaskRef(x.key)
-        return x
-
+    ref = _referrer(deps)
     layer = {
         (name, i): Task((name, i), func, *map(ref, args),
                         **{key: ref(value) for key, value in kwargs.items()})
@@ -325,6 +391,47 @@ def _layer(prefix: str, calls: Sequence[tuple[Callable[..., Any], Sequence[Any],
     }
     graph = _graph(name, layer, deps.values())
     return [Delayed((name, i), graph, layer=name) for i in range(len(calls))]
+
+
+class _Item:
+    """``obj[index]`` of a delayed ``obj``, taken inside the task that uses it
+    (:meth:`DaskExecutor.item`)."""
+
+    def __init__(self, obj: Delayed, index: int) -> None:
+        self.obj, self.index = obj, index
+
+
+def _referrer(deps: dict[Any, Delayed]) -> Callable[[Any], Any]:
+    """A function that turns a task argument into its graph form, recording in ``deps``
+    the delayed objects it refers to: references to their keys, or for an :class:`_Item`
+    an inline ``getitem`` of one."""
+
+    def ref(x: Any) -> Any:
+        if isinstance(x, _Item):
+            deps[x.obj.key] = x.obj
+            return Task(None, operator.getitem, TaskRef(x.obj.key), x.index)
+        if isinstance(x, Delayed):
+            deps[x.key] = x
+            return TaskRef(x.key)
+        return x
+
+    return ref
+
+
+def _tree_layer(name: str, parts: list[Delayed]
+                ) -> tuple[dict[Any, Task], dict[Any, tuple], TaskRef]:
+    """:func:`~bignmf.passes.tree_sum` of ``parts`` as tasks of one layer: the layer, the
+    group each task adds, and the root (one of ``parts`` if there is only one)."""
+    layer: dict[Any, Task] = {}
+    groups: dict[Any, tuple] = {}
+
+    def combine(*group: Any) -> TaskRef:
+        key = (name, len(layer))
+        layer[key] = Task(key, add_in_order, *group)
+        groups[key] = group
+        return TaskRef(key)
+
+    return layer, groups, tree_sum([TaskRef(part.key) for part in parts], combine)
 
 
 def _graph(name: str, layer: dict[Any, Task], deps: Iterable[Delayed]) -> HighLevelGraph:

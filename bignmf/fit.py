@@ -1,21 +1,28 @@
-"""The iteration: one pass over V per iteration, small state in NumPy on the client.
+"""The iteration: one pass over V per iteration, then the update of H from its small sums.
 
 Per iteration (Frobenius loss)::
 
-    HHt = H H^T                                   # k x k, here
     for each row block i, in one task:            # one read of V_i
         W_i  <- update(W_i; H V_i^T, HHt)         # solver sweeps, O(r k^2) each
         WtV += W_i^T V_i ;  WtW += W_i^T W_i      # k x n and k x k partial sums
-    H <- update(H; WtV, WtW)                      # here, O(n k^2) per sweep
-    loss = ||V||^2 - 2 <WtV, H> + <WtW, H H^T>    # no extra pass
+    with the last of those sums (h_step):
+        H <- update(H; WtV, WtW)                  # O(n k^2) per sweep
+        loss = ||V||^2 - 2 <WtV, H> + <WtW, H H^T>    # no extra pass
+        HHt = H H^T                               # for the next pass
 
-The executor decides how the per-block tasks run; this module decides *what* runs and when
-to stop: ``tol`` on the relative decrease of the objective between iterations, with
+The executor decides where and when these run: in this process, or on a cluster, where
+the update of H is a task and the next iteration is started before this process has the
+previous one's loss (``lookahead``), so an iteration waits on no round trip to the
+client. This module decides *what* runs and when to stop: ``tol`` on the relative
+decrease of the objective between iterations, with
 :class:`~sklearn.exceptions.ConvergenceWarning` raised by the estimator at ``max_iter``.
+An iteration started after the converged one is dropped: the result is that of a fit that
+waited for every loss.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -26,10 +33,10 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from bignmf.checkpoint import Checkpointer, FitState
-from bignmf.init import Initial, check_stats
-from bignmf.losses import Penalty, beta_error, expanded_sq, objective
-from bignmf.passes import TINY, Sums, beta_step, frobenius_step, masked_hals_step
-from bignmf.solvers import get_solver, hals, mu, small_blas
+from bignmf.init import Initial
+from bignmf.losses import Penalty, beta_error
+from bignmf.passes import HRule, Sums, beta_step, frobenius_step, h_step, masked_hals_step
+from bignmf.solvers import get_solver, mu
 
 logger = logging.getLogger(__name__)
 
@@ -130,37 +137,50 @@ def fit(
     sweep_tol = SWEEP_TOL if inner_sweeps == "auto" else 0.0
 
     kind = update_kind(beta, missing, solver)
-    expanded = kind != "beta"  # the loss from the pass's sums (else from the kernels)
+    gamma = mu.mm_exponent(beta)
+    rule = HRule(kind, update, penalty, sweeps_H, sweep_tol, missing, beta, gamma)
     W_blocks, H, stats = initial.W_blocks, initial.H, initial.stats
     # The fit owns the blocks from here: each is released once its successor exists, not
     # kept alive by the caller's ``initial`` for the whole fit.
     initial.W_blocks = []
+    # H, H H^T and what the last pass learned, as one object: a tuple here, or on a
+    # cluster the result of the task that updated H (kernels take its items in their tasks).
+    Hs: Any = (H, rule.gram(H), None)
+    del H
     history: list[float] = []
     loss_sq, converged = np.nan, False
     it = 1
+    # Iterations started but not yet taken, in order: (the pass, the rng state after its
+    # draws); the next one to start, and what it starts from.
+    started: collections.deque[tuple[Any, Any]] = collections.deque()
+    rng_states: dict[int, Any] = {}
+    next_it, tail = it, (W_blocks, Hs)
 
     def restore(state: FitState) -> None:
-        nonlocal W_blocks, H, stats, history, loss_sq, converged, it
+        nonlocal W_blocks, Hs, stats, history, loss_sq, converged, it, next_it, tail
+        started.clear()  # (releases what they computed)
         W_blocks = ex.split(state.W)
         H = np.asarray(state.H, dtype=dtype)
+        Hs = (H, rule.gram(H), None)
         stats = Sums(state.stats) if state.stats else None
         history = list(state.history)
         loss_sq = float(state.extra.get("loss_sq", np.nan))
         converged = bool(state.extra.get("converged", False))
-        if not expanded and not converged:
+        if kind == "beta" and not converged:
             # A beta fit learns the loss of iterate t in pass t + 1; a checkpoint written at
             # the end of a fit (max_iter) also has the extra pass's value, which the next
             # pass recomputes.
             history = history[: state.iteration]
-        it = state.iteration + 1
+        it = next_it = state.iteration + 1
+        tail = (W_blocks, Hs)
         if rng is not None and state.rng_state is not None:
             rng.set_state(state.rng_state)
 
     def save(iteration: int) -> None:
         assert checkpointer is not None
         checkpointer.save(
-            FitState(iteration, W_blocks, H, history, dict(stats or {}),
-                     rng.get_state() if rng is not None else None,
+            FitState(iteration, W_blocks, ex.value(ex.item(Hs, 0)), history,
+                     dict(stats or {}), rng_states.get(iteration, _rng_state(rng)),
                      {"loss_sq": loss_sq, "converged": converged}),
             ex.assemble(W_blocks, k, dtype))
 
@@ -181,91 +201,68 @@ def fit(
                        "checkpoint of iteration %d", it, err, saved.iteration)
         restore(saved)
 
-    gamma = mu.mm_exponent(beta)
     beta_kw = dict(beta=beta, gamma=gamma, missing=missing)
 
-    def beta_loss_pass() -> Sums:
-        """The divergence of the current W, H: one pass (only at the end of a fit)."""
-        outs = ex.map(beta_step, ex.blocks(), W_blocks, H=H, update_W=False,
-                      partials=False, **beta_kw)
-        return ex.run([], ex.total(ex.take(outs, 1)))[1]
-
-    start = time.perf_counter()
-    while it <= max_iter and not converged:
-        t0 = time.perf_counter()
-        first = not history
-        H_old = H
-        if expanded:
-            with small_blas():
-                H64 = H.astype(np.float64)
-                HHt = H64 @ H64.T
-            order_W = rng.permutation(k) if rng is not None else None
-            order_H = rng.permutation(k) if rng is not None else None
+    def start(i: int, W_in: list[Any], Hs_in: Any) -> tuple[list[Any], Any]:
+        """Start iteration ``i`` from ``W_in`` and ``Hs_in``: the pass over V, then the
+        update of H in the task that adds up the pass's sums."""
+        first = i == 1
+        order_W = rng.permutation(k) if rng is not None else None
+        order_H = rng.permutation(k) if rng is not None else None
+        H_in, HHt = ex.item(Hs_in, 0), ex.item(Hs_in, 1)
         if kind == "masked_hals":
             outs = ex.map(
-                masked_hals_step, ex.blocks(), W_blocks, H=H, HHt=HHt,
+                masked_hals_step, ex.blocks(), W_in, H=H_in, HHt=HHt,
                 missing=missing, l1=penalty.l1_W, l2=penalty.l2_W, max_sweeps=sweeps_W,
                 sweep_tol=sweep_tol, order=order_W, initial_loss=first, stats=stats is None,
             )
         elif kind == "frobenius":
             outs = ex.map(
-                frobenius_step, ex.blocks(), W_blocks,
-                H=H, HHt=HHt, update=update, l1=penalty.l1_W, l2=penalty.l2_W,
+                frobenius_step, ex.blocks(), W_in,
+                H=H_in, HHt=HHt, update=update, l1=penalty.l1_W, l2=penalty.l2_W,
                 max_sweeps=sweeps_W, sweep_tol=sweep_tol, order=order_W,
                 initial_loss=first, stats=stats is None,
             )
         else:
-            outs = ex.map(beta_step, ex.blocks(), W_blocks, H=H, l1=penalty.l1_W,
+            outs = ex.map(beta_step, ex.blocks(), W_in, H=H_in, l1=penalty.l1_W,
                           l2=penalty.l2_W, stats=stats is None, **beta_kw)
+        W_out = ex.take(outs, 0)
+        Hs_out = ex.reduce(ex.take(outs, 1), h_step, H_in, rule,
+                           sq_norm_V=None if stats is None else float(stats["sumsq"]),
+                           first=first, order=order_H)
+        pending = ex.start([*W_out, Hs_out], ex.take([Hs_out], 2)[0])
+        started.append((pending, _rng_state(rng)))
+        return pending.kept[:-1], pending.kept[-1]  # (the next pass starts from these)
+
+    def beta_loss_pass() -> Sums:
+        """The divergence of the current W, H: one pass (only at the end of a fit)."""
+        outs = ex.map(beta_step, ex.blocks(), W_blocks, H=ex.item(Hs, 0), update_W=False,
+                      partials=False, **beta_kw)
+        return ex.run([], ex.total(ex.take(outs, 1)))[1]
+
+    start_time = t0 = time.perf_counter()
+    while it <= max_iter and not converged:
+        # Keep ``ex.lookahead`` iterations started beyond this one (on a cluster, the next
+        # pass waits on nothing here), but none before the first pass has checked V.
+        while next_it <= min(max_iter, it + (ex.lookahead if stats is not None else 0)):
+            tail = start(next_it, *tail)
+            next_it += 1
+        pending, rng_after = started.popleft()
         try:
-            W_blocks, sums = ex.run(ex.take(outs, 0), ex.total(ex.take(outs, 1)))
+            (*W_new, Hs_new), info = pending.result()
         except Exception as err:
             recover(err)
             continue
+        W_blocks, Hs = W_new, Hs_new
+        rng_states = {it: rng_after}
         if stats is None:
-            check_stats(sums, beta=beta)
-            stats = sums
-        with small_blas():  # the update of H and the loss: small products, one thread
-            if expanded:
-                # ||V - WH||^2 over the observed entries = ||V||^2 - 2 <W^T V, H> + quad,
-                # with quad = <W^T W, H H^T>, or sum_j h_j^T G_j h_j for per-column Grams.
-                sq_norm_V = float(stats["sumsq"])
-                if first:
-                    loss0 = expanded_sq(sq_norm_V, sums["cross0"], sums["quad0"])
-                    history.append(objective(loss0, penalty, float(sums["W_sum0"].sum()),
-                                             sums["W_sq0"], H))
-                WtV = sums["WtV"].astype(H.dtype, copy=False)
-                if kind == "masked_hals":
-                    grams = (sums["Gcols"] if missing == "unstored"
-                             else sums["WtW"][None, :, :] - sums["Gcols"])
-                    H, _ = hals.update_rows(H.copy(), WtV, grams, penalty.l1_H, penalty.l2_H,
-                                            sweeps_H, sweep_tol, order_H)
-                    H64 = H.astype(np.float64)
-                    quad = float(np.einsum("kn,nkl,ln->", H64, grams, H64))
-                else:
-                    H, _ = update(H.copy(), WtV, sums["WtW"], penalty.l1_H, penalty.l2_H,
-                                  sweeps_H, sweep_tol, order_H)
-                    H64 = H.astype(np.float64)
-                    quad = float(np.vdot(sums["WtW"], H64 @ H64.T))
-                loss_sq = expanded_sq(sq_norm_V, float(np.vdot(sums["WtV"], H64)), quad)
-                history.append(objective(loss_sq, penalty, float(sums["W_sum"].sum()),
-                                         float(np.trace(sums["WtW"])), H))
-            else:
-                # The pass measured the iterate before it (W and H as they came in).
-                loss_sq = beta_error(sums["div0"]) ** 2
-                history.append(float(sums["div0"]) + penalty.value(
-                    float(sums["W_sum0"].sum()), sums["W_sq0"], H_old))
-                denominator = sums.get("den_H")
-                if denominator is None:  # Kullback-Leibler: W's column sums
-                    W_sum = sums["W_sum"].copy()
-                    W_sum[W_sum == 0] = 1.0
-                    denominator = W_sum[:, None]
-                H = mu.beta_update(H, sums["num_H"], denominator, penalty.l1_H, penalty.l2_H,
-                                   gamma)
-                if beta <= 1:
-                    H[H < TINY] = 0.0
+            stats = Sums(info["stats"])
+        history.extend(info["objectives"])
+        loss_sq = info["loss_sq"]
         decrease, converged = stopping(history, tol)
-        if not expanded and (converged or it == max_iter):
+        if converged:
+            started.clear()  # the iteration started after a converged one is not taken
+        if kind == "beta" and (converged or it == max_iter):
             try:
                 last = beta_loss_pass()
             except Exception as err:
@@ -273,10 +270,11 @@ def fit(
                 continue
             loss_sq = beta_error(last["div0"]) ** 2
             history.append(float(last["div0"]) + penalty.value(
-                float(last["W_sum0"].sum()), last["W_sq0"], H))
+                float(last["W_sum0"].sum()), last["W_sq0"], ex.value(ex.item(Hs, 0))))
             decrease = relative_decrease(history)
-        report("iteration", it, max_iter, history[-1], loss_sq, decrease, t0, start,
+        report("iteration", it, max_iter, history[-1], loss_sq, decrease, t0, start_time,
                verbose, callback)
+        t0 = time.perf_counter()
         if checkpointer is not None and (converged or it == max_iter or checkpointer.due(it)):
             try:
                 save(it)
@@ -287,10 +285,14 @@ def fit(
         it += 1
     it -= 1
     return FitResult(
-        W_blocks=W_blocks, H=H, n_iter=it, converged=converged,
+        W_blocks=W_blocks, H=ex.value(ex.item(Hs, 0)), n_iter=it, converged=converged,
         reconstruction_err=float(np.sqrt(loss_sq)), loss_history=history,
         stats=dict(stats or {}),
     )
+
+
+def _rng_state(rng: Any) -> Any:
+    return rng.get_state() if rng is not None else None
 
 
 def stopping(history: list[float], tol: float) -> tuple[float, bool]:

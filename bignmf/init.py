@@ -24,7 +24,7 @@ import numpy as np
 from scipy.special import ndtri
 from sklearn.utils import check_random_state
 
-from bignmf.passes import Sums, block_stats, project_block, sketch_block
+from bignmf.passes import Sums, block_stats, check_stats, project_block, sketch_block
 from bignmf.solvers import small_blas
 
 #: Oversampling of the randomized SVD.
@@ -43,25 +43,6 @@ class Initial:
     H: np.ndarray
     stats: Sums | None
     passes: int
-
-
-def check_stats(stats: Sums, what: str = "NMF (input X)", beta: float = 2.0) -> None:
-    """Raise for NaN/inf or negative values found by the first pass, and for zeros when
-    the loss cannot take them (beta <= 0, as scikit-learn)."""
-    if stats["nonfinite"]:
-        raise ValueError(
-            f"Input X contains NaN or infinity ({stats['nonfinite']} value(s)); "
-            f"{what} must be finite (to fit only the observed entries, mark the missing "
-            "ones as NaN and pass missing='nan')"
-        )
-    if stats["min"] < 0:
-        raise ValueError(f"Negative values in data passed to {what}: minimum is {stats['min']:g}")
-    if beta <= 0 and stats["min"] == 0:
-        raise ValueError(
-            "When beta_loss <= 0 and X contains zeros, the solver may diverge. Please add "
-            "small values to X, or use a positive beta_loss.")
-    if not stats.get("observed", 1):
-        raise ValueError(f"{what} has no observed entries: every entry is missing")
 
 
 def _mean(stats: Sums, shape: tuple[int, int]) -> float:

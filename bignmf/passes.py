@@ -4,7 +4,8 @@ Each function here is a *block kernel*: it receives one row block ``V_i`` (a Num
 SciPy CSR matrix, already in memory) and returns what the iteration needs from it — a new
 block of W and/or small partial sums (:class:`Sums`) that the executor adds up as a tree.
 The executor (:mod:`bignmf.executor`) decides where and when kernels run; nothing here
-imports dask.
+imports dask (or scikit-learn: workers unpickle these functions). :func:`h_step`, the update
+of H from a pass's total, runs where that total is added up.
 
 Cost per call, for a block of ``r`` rows, ``n`` columns and ``k`` components: the dense
 products ``H V_i^T`` and ``W_i^T V_i`` are ``2 r n k`` flops each (``2 nnz k`` for sparse);
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from bignmf.losses import Penalty, beta_error, expanded_sq, objective
 from bignmf.solvers import hals, mu, small_blas
 
 
@@ -177,6 +179,34 @@ def block_stats(V: Any, missing: str | None = None) -> Sums:
     check_missing(V, missing)
     with small_blas():
         return _block_stats(V, missing)
+
+
+#: The keys of :func:`block_stats`.
+STATS = ("rows", "nonfinite", "nnz", "observed", "sum", "sumsq", "min", "max")
+
+
+def stats_of(sums: Sums) -> Sums:
+    """The :func:`block_stats` in a pass's ``sums``."""
+    return Sums({key: sums[key] for key in STATS})
+
+
+def check_stats(stats: Sums, what: str = "NMF (input X)", beta: float = 2.0) -> None:
+    """Raise for NaN/inf or negative values found by the first pass, and for zeros when
+    the loss cannot take them (beta <= 0, as scikit-learn)."""
+    if stats["nonfinite"]:
+        raise ValueError(
+            f"Input X contains NaN or infinity ({stats['nonfinite']} value(s)); "
+            f"{what} must be finite (to fit only the observed entries, mark the missing "
+            "ones as NaN and pass missing='nan')"
+        )
+    if stats["min"] < 0:
+        raise ValueError(f"Negative values in data passed to {what}: minimum is {stats['min']:g}")
+    if beta <= 0 and stats["min"] == 0:
+        raise ValueError(
+            "When beta_loss <= 0 and X contains zeros, the solver may diverge. Please add "
+            "small values to X, or use a positive beta_loss.")
+    if not stats.get("observed", 1):
+        raise ValueError(f"{what} has no observed entries: every entry is missing")
 
 
 def _block_stats(V: Any, missing: str | None = None) -> Sums:
@@ -803,3 +833,93 @@ def _entry_grams(pattern: sp.csr_matrix, X: np.ndarray, *, by_row: bool) -> np.n
                                shape=(groups, b - a))
         out += select @ outer
     return out.reshape(groups, k, k)
+
+
+# --------------------------------------------------------------------------- update of H
+
+
+@dataclass(frozen=True)
+class HRule:
+    """How a fit updates H from a pass's sums (fixed for the fit): the kernel ``kind``
+    (:func:`update_kind`), the solver's ``update``, the penalty, the sweeps and their
+    stopping, and the beta loss."""
+
+    kind: str
+    update: Callable[..., tuple[np.ndarray, int]]
+    penalty: Penalty
+    sweeps: int
+    sweep_tol: float
+    missing: str | None
+    beta: float
+    gamma: float
+
+    def gram(self, H: np.ndarray) -> np.ndarray | None:
+        """``H H^T`` in float64, which the W update takes (none for the beta kernel)."""
+        if self.kind == "beta":
+            return None
+        with small_blas():
+            H64 = H.astype(np.float64)
+            return H64 @ H64.T
+
+
+def h_step(sums: Sums, H: np.ndarray, rule: HRule, *, sq_norm_V: float | None,
+           first: bool, order: np.ndarray | None
+           ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """The update of H from a pass's total ``sums``, and the objective: ``(H, H H^T,
+    info)``, with ``info`` holding ``objectives`` (the values the iteration adds to the
+    history: two in the first iteration of the Frobenius kernels, the loss before it too),
+    ``loss_sq`` and, from a pass that computed them, V's ``stats`` (checked here).
+
+    ``sq_norm_V`` is ``||V||^2`` (``None``: from the pass's own stats). Runs where the pass
+    is added up: in this process, or on a cluster in the task with the tree's last sum.
+    """
+    stats = None
+    if "nonfinite" in sums:  # the first pass also measured V
+        stats = stats_of(sums)
+        check_stats(stats, beta=rule.beta)
+        if sq_norm_V is None:
+            sq_norm_V = float(stats["sumsq"])
+    penalty = rule.penalty
+    objectives = []
+    with small_blas():  # small products, one thread
+        if rule.kind != "beta":
+            # ||V - WH||^2 over the observed entries = ||V||^2 - 2 <W^T V, H> + quad,
+            # with quad = <W^T W, H H^T>, or sum_j h_j^T G_j h_j for per-column Grams.
+            assert sq_norm_V is not None
+            if first:
+                loss0 = expanded_sq(sq_norm_V, sums["cross0"], sums["quad0"])
+                objectives.append(objective(loss0, penalty, float(sums["W_sum0"].sum()),
+                                            sums["W_sq0"], H))
+            WtV = sums["WtV"].astype(H.dtype, copy=False)
+            if rule.kind == "masked_hals":
+                grams = (sums["Gcols"] if rule.missing == "unstored"
+                         else sums["WtW"][None, :, :] - sums["Gcols"])
+                H, _ = hals.update_rows(H.copy(), WtV, grams, penalty.l1_H, penalty.l2_H,
+                                        rule.sweeps, rule.sweep_tol, order)
+                H64 = H.astype(np.float64)
+                quad = float(np.einsum("kn,nkl,ln->", H64, grams, H64))
+            else:
+                H, _ = rule.update(H.copy(), WtV, sums["WtW"], penalty.l1_H, penalty.l2_H,
+                                   rule.sweeps, rule.sweep_tol, order)
+                H64 = H.astype(np.float64)
+                quad = float(np.vdot(sums["WtW"], H64 @ H64.T))
+            loss_sq = expanded_sq(sq_norm_V, float(np.vdot(sums["WtV"], H64)), quad)
+            objectives.append(objective(loss_sq, penalty, float(sums["W_sum"].sum()),
+                                        float(np.trace(sums["WtW"])), H))
+            HHt = H64 @ H64.T
+        else:
+            # The pass measured the iterate before it (W and H as they came in).
+            loss_sq = beta_error(sums["div0"]) ** 2
+            objectives.append(float(sums["div0"]) + penalty.value(
+                float(sums["W_sum0"].sum()), sums["W_sq0"], H))
+            denominator = sums.get("den_H")
+            if denominator is None:  # Kullback-Leibler: W's column sums
+                W_sum = sums["W_sum"].copy()
+                W_sum[W_sum == 0] = 1.0
+                denominator = W_sum[:, None]
+            H = mu.beta_update(H, sums["num_H"], denominator, penalty.l1_H, penalty.l2_H,
+                               rule.gamma)
+            if rule.beta <= 1:
+                H[H < TINY] = 0.0
+            HHt = None
+    return H, HHt, {"objectives": objectives, "loss_sq": loss_sq, "stats": stats}

@@ -39,7 +39,7 @@ from conftest import (
 from dask.utils import key_split
 from distributed import Client, get_task_stream
 
-from bignmf import NMF, cluster
+from bignmf import NMF, checkpoint, cluster
 from bignmf.passes import FAN_IN, tree_sum
 
 N_SAMPLES, N_FEATURES, RANK = 1200, 90, 4
@@ -133,6 +133,56 @@ def test_factors_do_not_depend_on_block_rows(dataset, solver):
         assert_same_to_rounding(W, W_ref)
 
 
+def test_workers_do_not_import_scikit_learn(dataset, real_cluster):
+    """The kernels and the update of H that run on workers import numpy, scipy and bignmf's
+    own small modules, not scikit-learn (~1 s and ~60 MB per worker process)."""
+    path, _ = dataset
+    with real_cluster.client.as_current():
+        NMF(**FIT, init="random").fit(path)
+        NMF(**{**FIT, "max_iter": 3}, init="random", solver="mu",
+            beta_loss="kullback-leibler").fit(path)
+        # (a builtin: a function of this module would import it, and so scikit-learn)
+        imported = real_cluster.client.run(eval, '"sklearn" in __import__("sys").modules')
+    assert not any(imported.values()), imported
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_next_iteration_started_early_changes_nothing(dataset, real_cluster, tmp_path):
+    """On a cluster each iteration is started before the client has the previous one's
+    loss. The fit still stops where the in-memory fit does (the iteration started after the
+    converged one is dropped), and a checkpoint written while the next iteration ran
+    resumes to the same fit: it holds its own iteration's random state (shuffle=True), not
+    the state after the next one's draws."""
+    path, X = dataset
+    params = dict(n_components=RANK, random_state=0, shuffle=True, init="random")
+    ref = NMF(**params, tol=1e-4, max_iter=500).fit(X)
+    assert 5 < ref.n_iter_ < 500
+    with real_cluster.client.as_current():
+        est = NMF(**params, tol=1e-4, max_iter=500, block_rows=N_SAMPLES // 3).fit(path)
+    assert est.n_iter_ == ref.n_iter_
+    assert_same_to_rounding(est.components_, ref.components_)
+    assert_same_to_rounding(est.loss_history_, ref.loss_history_)
+
+    def stop_after_5(info):
+        if info.iteration == 5:
+            raise _Stop
+
+    store = tmp_path / "ck.zarr"
+    fixed = dict(**params, tol=0, max_iter=10, block_rows=N_SAMPLES // 3)
+    with real_cluster.client.as_current():
+        with pytest.raises(_Stop):
+            NMF(**fixed, checkpoint=store, checkpoint_every=2).fit(path, callback=stop_after_5)
+        assert checkpoint.latest(store).endswith("ckpt-000004")
+        resumed = NMF(**fixed, checkpoint=store, checkpoint_every=2).fit(path, resume=True)
+    full = NMF(**params, tol=0, max_iter=10).fit(X)
+    assert resumed.n_iter_ == 10
+    assert_same_to_rounding(resumed.components_, full.components_)
+    assert_same_to_rounding(resumed.loss_history_, full.loss_history_)
+
+
 # --------------------------------------------------------------------------- embedded default
 EMBEDDED_SCRIPT = """\
 import json
@@ -143,7 +193,7 @@ import dask
 import distributed
 import psutil
 
-from bignmf import NMF, cluster
+from bignmf import NMF, checkpoint, cluster
 
 path = sys.argv[1]
 assert dask.config.get("scheduler", None) is None, dask.config.get("scheduler")
@@ -322,35 +372,47 @@ def test_combine_tasks():
     assert [_combine_tasks(n) for n in (1, 2, 8, 9, 64, 1000)] == [0, 1, 1, 2, 9, 144]
 
 
+def _inner_combine_tasks(n_blocks: int) -> int:
+    """The combine tasks of the tree but its root: the task that updates H adds the last
+    group of partial sums itself."""
+    return _combine_tasks(n_blocks) - (n_blocks > 1)
+
+
 @pytest.mark.parametrize("n_blocks", [1, 2, 3, 6, 12])
 def test_tasks_per_iteration_grow_with_row_blocks_only(dataset, tmp_path, n_blocks):
-    """Each iteration submits one graph of ``4 * n_blocks + 1`` tasks plus the combining
+    """Each iteration submits one graph of ``4 * n_blocks + 3`` tasks plus the combining
     tree: per block one fused kernel (which reads the block of V), two outputs taken from
-    it, the incoming W block; the tree's combine tasks (8 partial sums each); and H. It
-    does not grow over the iterations, and does not depend on the stored chunking of V or
-    on the matrix's size."""
+    it, the incoming W block; the tree's combine tasks but its root (8 partial sums each);
+    the update of H (which adds the root's sums), the loss taken from it, and the incoming
+    H. It does not grow over the iterations, and does not depend on the stored chunking of
+    V or on the matrix's size."""
     path, _ = dataset
     block_rows = N_SAMPLES // n_blocks
+    tasks = 4 * n_blocks + 3 + _inner_combine_tasks(n_blocks)
     graphs = _iteration_graph_sizes(path, block_rows)
     for graph in graphs:
-        assert sum(graph.values()) == 4 * n_blocks + 1 + _combine_tasks(n_blocks), graph
+        assert sum(graph.values()) == tasks, graph
         assert graph["frobenius_step"] == n_blocks
-        assert graph["add_in_order"] == _combine_tasks(n_blocks)
+        assert graph["add_in_order"] == _inner_combine_tasks(n_blocks)
+        # this iteration's update of H, and the incoming H: the initial one (a shared
+        # array) or the previous update's result
+        assert graph["h_step"] + graph["shared"] == 2
 
     # Same blocks over a store chunked across columns too, with smaller stored chunks and
     # twice the columns: the same graph.
     X = LowRankRows(2 * N_FEATURES, RANK, seed=2).dense(N_SAMPLES)
     other = write_zarr(tmp_path / "other.zarr", X, chunks=(CHUNK_ROWS // 2, 45))
     assert [sum(g.values()) for g in _iteration_graph_sizes(other, block_rows)] == \
-        [4 * n_blocks + 1 + _combine_tasks(n_blocks)] * 3
+        [tasks] * 3
 
 
 def test_tasks_per_iteration_on_a_real_cluster(dataset, real_cluster):
-    """On the distributed scheduler ``3 * n_blocks + 1`` tasks plus the combining tree run
+    """On the distributed scheduler ``3 * n_blocks + 2`` tasks plus the combining tree run
     per iteration: per block one fused kernel (reading V) and the two outputs taken from
-    it, the tree's combine tasks, and H (counted from the scheduler's task stream: tasks
-    of a 3-iteration fit minus those of a 1-iteration fit, over 2). The W blocks of the
-    previous iteration are already in the workers' memory, so they are not tasks here."""
+    it, the tree's combine tasks but its root, the update of H and the loss taken from it
+    (counted from the scheduler's task stream: tasks of a 3-iteration fit minus those of a
+    1-iteration fit, over 2). The W blocks and H of the previous iteration are already in
+    the workers' memory, so they are not tasks here."""
     path, _ = dataset
     per_iteration = {}
     with real_cluster.client.as_current():
@@ -364,9 +426,10 @@ def test_tasks_per_iteration_on_a_real_cluster(dataset, real_cluster):
             diff = counts[3] - counts[1]
             per_iteration[n_blocks] = {k: v / 2 for k, v in diff.items()}
     for n_blocks, kinds in per_iteration.items():
-        assert kinds == {"frobenius_step": n_blocks, "getitem": 2 * n_blocks,
-                         "add_in_order": _combine_tasks(n_blocks), "shared": 1}, kinds
-        assert sum(kinds.values()) == 3 * n_blocks + 1 + _combine_tasks(n_blocks)
+        expected = {"frobenius_step": n_blocks, "getitem": 2 * n_blocks + 1,
+                    "add_in_order": _inner_combine_tasks(n_blocks), "h_step": 1}
+        assert kinds == {key: v for key, v in expected.items() if v}, kinds
+        assert sum(kinds.values()) == 3 * n_blocks + 2 + _inner_combine_tasks(n_blocks)
 
 
 @pytest.mark.parametrize("block_rows", [None, 250])
