@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 from scipy.special import ndtri
-from sklearn.utils import check_random_state
 
 from bignmf.passes import Sums, block_stats, check_stats, project_block, sketch_block
 from bignmf.solvers import small_blas
@@ -83,8 +82,16 @@ def _random(ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int, random_sta
             beta: float, missing: str | None) -> Initial:
     _, stats = ex.run([], ex.total(ex.map(block_stats, ex.blocks(), missing=missing)))
     check_stats(stats, beta=beta)
-    W_blocks, H = random_factors(ex, shape, dtype, k, check_random_state(random_state), stats)
+    W_blocks, H = random_factors(ex, shape, dtype, k, _rng(random_state), stats)
     return Initial(W_blocks, H, stats, passes=1)
+
+
+def _rng(random_state: Any) -> np.random.RandomState:
+    """scikit-learn's ``check_random_state``, imported here, not with the module: workers
+    unpickle this module's kernels and need no scikit-learn."""
+    from sklearn.utils import check_random_state
+
+    return check_random_state(random_state)
 
 
 def random_factors(ex: Any, shape: tuple[int, int], dtype: Any, k: int, rng: Any,
@@ -105,7 +112,7 @@ def _nndsvd(
     beta: float, missing: str | None,
 ) -> Initial:
     m, n = shape
-    rng = check_random_state(random_state)
+    rng = _rng(random_state)
     width = min(k + OVERSAMPLES, m, n)
     Omega = rng.standard_normal(size=(n, width))
 
