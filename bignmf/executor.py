@@ -270,21 +270,26 @@ class DaskExecutor:
         if len(parts) == 1:
             return parts[0]
         name = f"add_in_order-{uuid.uuid4().hex}"
-        layer, _, root = _tree_layer(name, parts)
-        return Delayed(root.key, _graph(name, layer, parts), layer=name)
+        deps: dict[Any, Delayed] = {}
+        layer, _, root = _tree_layer(name, parts, deps)
+        return Delayed(root.key, _graph(name, layer, deps.values()), layer=name)
 
     @staticmethod
     def reduce(parts: list[Any], func: Callable[..., Any], *args: Any, **kwargs: Any
                ) -> Delayed:
         """``func(total(parts), *args, **kwargs)``, with the tree's last sum inside
-        ``func``'s task: what follows a pass's total starts without another round trip."""
+        ``func``'s task: what follows a pass's total starts without another round trip.
+
+        ``parts`` may be :meth:`item` s of the kernels' results: the tree's tasks then take
+        them out of the results themselves (no task per block), and fetch whole results.
+        """
         name = f"add_in_order-{uuid.uuid4().hex}"
-        layer, groups, root = _tree_layer(name, parts)
+        deps: dict[Any, Delayed] = {}
+        layer, groups, root = _tree_layer(name, parts, deps)
         total: Any = root
-        if root.key in layer:  # (a tree of more than one part)
+        if isinstance(root, TaskRef) and root.key in layer:  # (a tree of several parts)
             del layer[root.key]
             total = Task(None, add_in_order, *groups[root.key])
-        deps = {part.key: part for part in parts}
         ref = _referrer(deps)
         key = f"{func.__name__}-{uuid.uuid4().hex}"
         layer[key] = Task(key, func, total, *map(ref, args),
@@ -418,10 +423,12 @@ def _referrer(deps: dict[Any, Delayed]) -> Callable[[Any], Any]:
     return ref
 
 
-def _tree_layer(name: str, parts: list[Delayed]
-                ) -> tuple[dict[Any, Task], dict[Any, tuple], TaskRef]:
-    """:func:`~bignmf.passes.tree_sum` of ``parts`` as tasks of one layer: the layer, the
-    group each task adds, and the root (one of ``parts`` if there is only one)."""
+def _tree_layer(name: str, parts: list[Any], deps: dict[Any, Delayed]
+                ) -> tuple[dict[Any, Task], dict[Any, tuple], Any]:
+    """:func:`~bignmf.passes.tree_sum` of ``parts`` (delayed objects or :class:`_Item` s of
+    them, recorded in ``deps``) as tasks of one layer: the layer, the group each task adds,
+    and the root (a reference to the only part if there is one)."""
+    ref = _referrer(deps)
     layer: dict[Any, Task] = {}
     groups: dict[Any, tuple] = {}
 
@@ -431,7 +438,7 @@ def _tree_layer(name: str, parts: list[Delayed]
         groups[key] = group
         return TaskRef(key)
 
-    return layer, groups, tree_sum([TaskRef(part.key) for part in parts], combine)
+    return layer, groups, tree_sum([ref(part) for part in parts], combine)
 
 
 def _graph(name: str, layer: dict[Any, Task], deps: Iterable[Delayed]) -> HighLevelGraph:

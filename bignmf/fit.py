@@ -202,6 +202,14 @@ def fit(
         restore(saved)
 
     beta_kw = dict(beta=beta, gamma=gamma, missing=missing)
+    # The sums go to the update of H inside its tasks, with the kernels' whole results (no
+    # task per block), when a block's W is no larger than its sums; else as tasks of their
+    # own, so that large W blocks stay where they are.
+    rows = max(b - a for a, b in ex.row_bounds)
+    small_W = rows * k * np.dtype(dtype).itemsize <= k * n * 8
+
+    def sums_of(outs: list[Any]) -> list[Any]:
+        return [ex.item(out, 1) for out in outs] if small_W else ex.take(outs, 1)
 
     def start(i: int, W_in: list[Any], Hs_in: Any) -> tuple[list[Any], Any]:
         """Start iteration ``i`` from ``W_in`` and ``Hs_in``: the pass over V, then the
@@ -227,7 +235,7 @@ def fit(
             outs = ex.map(beta_step, ex.blocks(), W_in, H=H_in, l1=penalty.l1_W,
                           l2=penalty.l2_W, stats=stats is None, **beta_kw)
         W_out = ex.take(outs, 0)
-        Hs_out = ex.reduce(ex.take(outs, 1), h_step, H_in, rule,
+        Hs_out = ex.reduce(sums_of(outs), h_step, H_in, rule,
                            sq_norm_V=None if stats is None else float(stats["sumsq"]),
                            first=first, order=order_H)
         pending = ex.start([*W_out, Hs_out], ex.take([Hs_out], 2)[0])

@@ -382,20 +382,33 @@ def _inner_combine_tasks(n_blocks: int) -> int:
     return _combine_tasks(n_blocks) - (n_blocks > 1)
 
 
-@pytest.mark.parametrize("n_blocks", [1, 2, 3, 6, 12])
+def _small_W(block_rows: int, n: int, itemsize: int) -> bool:
+    """Whether a block's W (block_rows x RANK) is no larger than its k x n float64 sums: the
+    update of H then takes the sums from the kernels' results in its own tasks."""
+    return block_rows * RANK * itemsize <= RANK * n * 8
+
+
+def _graph_tasks(n_blocks: int, small_W: bool) -> int:
+    """Tasks of one iteration's graph (see the test below)."""
+    return (4 - small_W) * n_blocks + 3 + _inner_combine_tasks(n_blocks)
+
+
+@pytest.mark.parametrize("n_blocks", [1, 2, 3, 6, 12, 24])
 def test_tasks_per_iteration_grow_with_row_blocks_only(dataset, tmp_path, n_blocks):
     """Each iteration submits one graph of ``4 * n_blocks + 3`` tasks plus the combining
     tree: per block one fused kernel (which reads the block of V), two outputs taken from
     it, the incoming W block; the tree's combine tasks but its root (8 partial sums each);
     the update of H (which adds the root's sums), the loss taken from it, and the incoming
-    H. It does not grow over the iterations, and does not depend on the stored chunking of
-    V or on the matrix's size."""
-    path, _ = dataset
+    H. When a block's W is no larger than its sums, the combining tasks take the sums from
+    the kernels' results themselves: ``3 * n_blocks + 3`` plus the tree. It does not grow
+    over the iterations, and does not depend on the stored chunking of V."""
+    path, X = dataset
     block_rows = N_SAMPLES // n_blocks
-    tasks = 4 * n_blocks + 3 + _inner_combine_tasks(n_blocks)
+    small = _small_W(block_rows, N_FEATURES, X.dtype.itemsize)
+    assert small == (n_blocks >= 24)  # (both kinds of graph are tested)
     graphs = _iteration_graph_sizes(path, block_rows)
     for graph in graphs:
-        assert sum(graph.values()) == tasks, graph
+        assert sum(graph.values()) == _graph_tasks(n_blocks, small), graph
         assert graph["frobenius_step"] == n_blocks
         assert graph["add_in_order"] == _inner_combine_tasks(n_blocks)
         # this iteration's update of H, and the incoming H: the initial one (a shared
@@ -403,11 +416,12 @@ def test_tasks_per_iteration_grow_with_row_blocks_only(dataset, tmp_path, n_bloc
         assert graph["h_step"] + graph["shared"] == 2
 
     # Same blocks over a store chunked across columns too, with smaller stored chunks and
-    # twice the columns: the same graph.
+    # twice the columns: the same graph, but for the size of the sums.
     X = LowRankRows(2 * N_FEATURES, RANK, seed=2).dense(N_SAMPLES)
     other = write_zarr(tmp_path / "other.zarr", X, chunks=(CHUNK_ROWS // 2, 45))
+    small = _small_W(block_rows, 2 * N_FEATURES, X.dtype.itemsize)
     assert [sum(g.values()) for g in _iteration_graph_sizes(other, block_rows)] == \
-        [tasks] * 3
+        [_graph_tasks(n_blocks, small)] * 3
 
 
 def test_tasks_per_iteration_on_a_real_cluster(dataset, real_cluster):
@@ -416,24 +430,30 @@ def test_tasks_per_iteration_on_a_real_cluster(dataset, real_cluster):
     it, the tree's combine tasks but its root, the update of H and the loss taken from it
     (counted from the scheduler's task stream: tasks of a 3-iteration fit minus those of a
     1-iteration fit, over 2). The W blocks and H of the previous iteration are already in
-    the workers' memory, so they are not tasks here."""
-    path, _ = dataset
+    the workers' memory, so they are not tasks here. With blocks whose W is no larger than
+    their sums (24 blocks of 50 rows here), the sums are not tasks of their own, and the fit
+    is the same as in memory."""
+    path, X = dataset
     per_iteration = {}
     with real_cluster.client.as_current():
-        for n_blocks in (3, 6):
+        for n_blocks in (3, 6, 24):
             counts = {}
             for max_iter in (1, 3):
                 with get_task_stream(real_cluster.client) as stream:
-                    NMF(**{**FIT, "max_iter": max_iter}, init="random",
-                        block_rows=N_SAMPLES // n_blocks).fit(path)
+                    est = NMF(**{**FIT, "max_iter": max_iter}, init="random",
+                              block_rows=N_SAMPLES // n_blocks).fit(path)
                 counts[max_iter] = Counter(key_split(t["key"]) for t in stream.data)
             diff = counts[3] - counts[1]
             per_iteration[n_blocks] = {k: v / 2 for k, v in diff.items()}
+    assert_same_to_rounding(est.components_,
+                            NMF(**{**FIT, "max_iter": 3}, init="random").fit(X).components_)
     for n_blocks, kinds in per_iteration.items():
-        expected = {"frobenius_step": n_blocks, "getitem": 2 * n_blocks + 1,
+        small = _small_W(N_SAMPLES // n_blocks, N_FEATURES, X.dtype.itemsize)
+        expected = {"frobenius_step": n_blocks, "getitem": (2 - small) * n_blocks + 1,
                     "add_in_order": _inner_combine_tasks(n_blocks), "h_step": 1}
         assert kinds == {key: v for key, v in expected.items() if v}, kinds
-        assert sum(kinds.values()) == 3 * n_blocks + 2 + _inner_combine_tasks(n_blocks)
+        assert sum(kinds.values()) == \
+            (3 - small) * n_blocks + 2 + _inner_combine_tasks(n_blocks)
 
 
 @pytest.mark.parametrize("block_rows", [None, 250])
