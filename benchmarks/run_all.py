@@ -772,7 +772,8 @@ def section_memory(c1: Any, tmp: str, a: argparse.Namespace, tab: Table) -> dict
     stores: dict[tuple[int, int], str] = {}
     rows = []
     rng = np.random.default_rng(a.seed)
-    for c in uniq:
+    warm_up = True  # the first fit on a fresh worker also pays one-time costs (imports)
+    for c in [uniq[0], *uniq]:
         mn = (c["m"], c["n"])
         if mn not in stores:
             for p in stores.values():
@@ -791,6 +792,9 @@ def section_memory(c1: Any, tmp: str, a: argparse.Namespace, tab: Table) -> dict
                     block_rows=c["r"], random_state=0).fit_transform(stores[mn])
             del W
         peak = c1.run(_peak)
+        if warm_up:
+            warm_up = False
+            continue
         wk = next(iter(peak))
         inc = peak[wk] - before[wk]
         rows.append({**c, "baseline": before[wk], "peak": peak[wk], "increment": inc})

@@ -255,13 +255,15 @@ def fit(
         while next_it <= min(max_iter, it + (ex.lookahead if stats is not None else 0)):
             tail = start(next_it, *tail)
             next_it += 1
-        pending, rng_after = started.popleft()
+        # The previous iteration's W is needed only by the pass now running: without this
+        # reference each of its blocks is freed once its kernel has run.
+        W_blocks = []
         try:
-            (*W_new, Hs_new), info = pending.result()
+            (*W_blocks, Hs), info = started[0][0].result()
         except Exception as err:
             recover(err)
             continue
-        W_blocks, Hs = W_new, Hs_new
+        _, rng_after = started.popleft()  # (no other reference to the previous W is left)
         rng_states = {it: rng_after}
         if stats is None:
             stats = Sums(info["stats"])
