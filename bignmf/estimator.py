@@ -94,7 +94,8 @@ _PROBLEM_PARAMS = ("init", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_rati
 
 
 #: Masked HALS (``missing`` with ``solver='cd'``) holds ``n x k x k`` per-column Gram sums
-#: (float64) beside each block and on the client; above this, ``solver='mu'`` is required.
+#: (float64) beside each block and where H is updated; above this, ``solver='mu'`` is
+#: required.
 MASKED_GRAM_BYTES = 2**28
 
 #: ``resident='auto'`` keeps V in the workers' memory when it takes at most this fraction of

@@ -11,10 +11,10 @@ Per iteration (Frobenius loss)::
         HHt = H H^T                               # for the next pass
 
 The executor decides where and when these run: in this process, or on a cluster, where
-the update of H is a task and the next iteration is started before this process has the
-previous one's loss (``lookahead``), so an iteration waits on no round trip to the
-client. This module decides *what* runs and when to stop: ``tol`` on the relative
-decrease of the objective between iterations, with
+the update of H is a task and, with V resident on the workers, the next iteration is
+started before this process has the previous one's loss (``lookahead``), so an iteration
+waits on no round trip to the client. This module decides *what* runs and when to stop:
+``tol`` on the relative decrease of the objective between iterations, with
 :class:`~sklearn.exceptions.ConvergenceWarning` raised by the estimator at ``max_iter``.
 An iteration started after the converged one is dropped: the result is that of a fit that
 waited for every loss.
@@ -217,7 +217,7 @@ def fit(
         first = i == 1
         order_W = rng.permutation(k) if rng is not None else None
         order_H = rng.permutation(k) if rng is not None else None
-        H_in, HHt = ex.item(Hs_in, 0), ex.item(Hs_in, 1)
+        H_in, HHt = ex.forward(Hs_in, 0), ex.forward(Hs_in, 1)
         if kind == "masked_hals":
             outs = ex.map(
                 masked_hals_step, ex.blocks(), W_in, H=H_in, HHt=HHt,
