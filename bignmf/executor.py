@@ -129,7 +129,9 @@ class Eager:
     def item(obj: Any, index: int) -> Any:
         return obj[index]
 
-    forward = item
+    @staticmethod
+    def forward(obj: Any, *indices: int) -> tuple:
+        return tuple(obj[i] for i in indices)
 
     @staticmethod
     def total(parts: list[Sums]) -> Sums:
@@ -280,11 +282,14 @@ class DaskExecutor:
         with self.active():
             return 1 if active_client() is not None else 0
 
-    def forward(self, obj: Any, index: int) -> Any:
-        """``obj[index]`` as an input of the next pass: taken in its tasks (:meth:`item`)
-        when passes are started ahead (:attr:`lookahead`), else its value, gathered here
-        and sent with the pass's graph."""
-        return self.item(obj, index) if self.lookahead else self.value(self.item(obj, index))
+    def forward(self, obj: Any, *indices: int) -> tuple:
+        """``obj[i]`` for each index, as inputs of the next pass: taken in its tasks
+        (:meth:`item`) when passes are started ahead (:attr:`lookahead`), else values,
+        gathered here (``obj`` once) and sent with the pass's graph."""
+        if self.lookahead:
+            return tuple(self.item(obj, i) for i in indices)
+        value = self.value(obj)
+        return tuple(value[i] for i in indices)
 
     @staticmethod
     def take(items: Sequence[Any], index: int) -> list:

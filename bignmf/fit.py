@@ -217,7 +217,7 @@ def fit(
         first = i == 1
         order_W = rng.permutation(k) if rng is not None else None
         order_H = rng.permutation(k) if rng is not None else None
-        H_in, HHt = ex.forward(Hs_in, 0), ex.forward(Hs_in, 1)
+        H_in, HHt = ex.forward(Hs_in, 0, 1)
         if kind == "masked_hals":
             outs = ex.map(
                 masked_hals_step, ex.blocks(), W_in, H=H_in, HHt=HHt,
