@@ -841,7 +841,7 @@ def _entry_grams(pattern: sp.csr_matrix, X: np.ndarray, *, by_row: bool) -> np.n
 @dataclass(frozen=True)
 class HRule:
     """How a fit updates H from a pass's sums (fixed for the fit): the kernel ``kind``
-    (:func:`update_kind`), the solver's ``update``, the penalty, the sweeps and their
+    (:func:`bignmf.fit.update_kind`), the solver's ``update``, the penalty, the sweeps and their
     stopping, and the beta loss."""
 
     kind: str
@@ -896,17 +896,16 @@ def h_step(sums: Sums, H: np.ndarray, rule: HRule, *, sq_norm_V: float | None,
                          else sums["WtW"][None, :, :] - sums["Gcols"])
                 H, _ = hals.update_rows(H.copy(), WtV, grams, penalty.l1_H, penalty.l2_H,
                                         rule.sweeps, rule.sweep_tol, order)
-                H64 = H.astype(np.float64)
-                quad = float(np.einsum("kn,nkl,ln->", H64, grams, H64))
             else:
                 H, _ = rule.update(H.copy(), WtV, sums["WtW"], penalty.l1_H, penalty.l2_H,
                                    rule.sweeps, rule.sweep_tol, order)
-                H64 = H.astype(np.float64)
-                quad = float(np.vdot(sums["WtW"], H64 @ H64.T))
+            H64 = H.astype(np.float64)
+            HHt = H64 @ H64.T  # (for the next pass too)
+            quad = (float(np.einsum("kn,nkl,ln->", H64, grams, H64))
+                    if rule.kind == "masked_hals" else float(np.vdot(sums["WtW"], HHt)))
             loss_sq = expanded_sq(sq_norm_V, float(np.vdot(sums["WtV"], H64)), quad)
             objectives.append(objective(loss_sq, penalty, float(sums["W_sum"].sum()),
                                         float(np.trace(sums["WtW"])), H))
-            HHt = H64 @ H64.T
         else:
             # The pass measured the iterate before it (W and H as they came in).
             loss_sq = beta_error(sums["div0"]) ** 2
