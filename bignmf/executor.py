@@ -307,7 +307,7 @@ class DaskExecutor:
             return parts[0]
         name = f"add_in_order-{uuid.uuid4().hex}"
         deps: dict[Any, Delayed] = {}
-        layer, _, root = _tree_layer(name, parts, deps)
+        layer, root = _tree_layer(name, parts, deps)
         return Delayed(root.key, _graph(name, layer, deps.values()), layer=name)
 
     @staticmethod
@@ -321,11 +321,10 @@ class DaskExecutor:
         """
         name = f"add_in_order-{uuid.uuid4().hex}"
         deps: dict[Any, Delayed] = {}
-        layer, groups, root = _tree_layer(name, parts, deps)
+        layer, root = _tree_layer(name, parts, deps)
         total: Any = root
         if isinstance(root, TaskRef) and root.key in layer:  # (a tree of several parts)
-            del layer[root.key]
-            total = Task(None, add_in_order, *groups[root.key])
+            total = Task(None, add_in_order, *layer.pop(root.key).args)
         ref = _referrer(deps)
         key = f"{func.__name__}-{uuid.uuid4().hex}"
         layer[key] = Task(key, func, total, *map(ref, args),
@@ -460,21 +459,19 @@ def _referrer(deps: dict[Any, Delayed]) -> Callable[[Any], Any]:
 
 
 def _tree_layer(name: str, parts: list[Any], deps: dict[Any, Delayed]
-                ) -> tuple[dict[Any, Task], dict[Any, tuple], Any]:
+                ) -> tuple[dict[Any, Task], Any]:
     """:func:`~bignmf.passes.tree_sum` of ``parts`` (delayed objects or :class:`_Item` s of
-    them, recorded in ``deps``) as tasks of one layer: the layer, the group each task adds,
-    and the root (a reference to the only part if there is one)."""
+    them, recorded in ``deps``) as tasks of one layer: the layer and the root (a reference
+    to the only part if there is one)."""
     ref = _referrer(deps)
     layer: dict[Any, Task] = {}
-    groups: dict[Any, tuple] = {}
 
     def combine(*group: Any) -> TaskRef:
         key = (name, len(layer))
         layer[key] = Task(key, add_in_order, *group)
-        groups[key] = group
         return TaskRef(key)
 
-    return layer, groups, tree_sum([ref(part) for part in parts], combine)
+    return layer, tree_sum([ref(part) for part in parts], combine)
 
 
 def _graph(name: str, layer: dict[Any, Task], deps: Iterable[Delayed]) -> HighLevelGraph:
