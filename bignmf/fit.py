@@ -153,11 +153,13 @@ def fit(
     # Iterations started but not yet taken, in order: (the pass, the rng state after its
     # draws); the next one to start, and what it starts from.
     started: collections.deque[tuple[Any, Any]] = collections.deque()
-    rng_states: dict[int, Any] = {}
     next_it, tail = it, (W_blocks, Hs)
+    # The rng state after the draws of the last iteration taken (what a checkpoint holds:
+    # the iteration started ahead has drawn since).
+    rng_taken = _rng_state(rng)
 
     def restore(state: FitState) -> None:
-        nonlocal W_blocks, Hs, stats, history, loss_sq, converged, it, next_it, tail
+        nonlocal W_blocks, Hs, stats, history, loss_sq, converged, it, next_it, tail, rng_taken
         started.clear()  # (releases what they computed)
         W_blocks = ex.split(state.W)
         H = np.asarray(state.H, dtype=dtype)
@@ -175,12 +177,13 @@ def fit(
         tail = (W_blocks, Hs)
         if rng is not None and state.rng_state is not None:
             rng.set_state(state.rng_state)
+        rng_taken = _rng_state(rng)
 
     def save(iteration: int) -> None:
         assert checkpointer is not None
         checkpointer.save(
             FitState(iteration, W_blocks, ex.value(ex.item(Hs, 0)), history,
-                     dict(stats or {}), rng_states.get(iteration, _rng_state(rng)),
+                     dict(stats or {}), rng_taken,
                      {"loss_sq": loss_sq, "converged": converged}),
             ex.assemble(W_blocks, k, dtype))
 
@@ -263,8 +266,7 @@ def fit(
         except Exception as err:
             recover(err)
             continue
-        _, rng_after = started.popleft()  # (no other reference to the previous W is left)
-        rng_states = {it: rng_after}
+        _, rng_taken = started.popleft()  # (no other reference to the previous W is left)
         if stats is None:
             stats = Sums(info["stats"])
         history.extend(info["objectives"])
