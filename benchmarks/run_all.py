@@ -440,15 +440,22 @@ def section_ooc(client: Any, path: str, V: np.ndarray, k: int, a: argparse.Names
                 tab: Table, cold: bool) -> dict[str, Any]:
     log(f"\n== 3. out of core: iteration / read pass ({'cold' if cold else 'page-cached'}) ==")
     W0, H0 = core.random_init(V, k, a.seed)
-    runs_r, runs_i = [], []
+    runs_r, runs_i, runs_s = [], [], []
+    scratch = tempfile.mkdtemp(prefix="bench-store-W-")
     for rnd in range(a.rounds):
         runs_r.append(read_pass(client, path, 2, cold))
         if cold:
             drop_caches()
         runs_i.append(per_iter(client, path, W0, H0, k, a.iters,
                                between=drop_caches if cold else None, resident=False))
+        if not cold:  # W in files between passes: its I/O is 2 k / n of V's
+            runs_s.append(per_iter(client, path, W0, H0, k, a.iters, resident=False,
+                                   store_W=True, checkpoint=os.path.join(scratch, "ck.zarr"),
+                                   checkpoint_every=10**6))
         log(f"  round {rnd + 1}: read {runs_r[-1]['median']:.3f}s, iteration "
-            f"{runs_i[-1]['median']:.3f}s")
+            f"{runs_i[-1]['median']:.3f}s"
+            + (f", with W in files {runs_s[-1]['median']:.3f}s" if runs_s else ""))
+    shutil.rmtree(scratch, ignore_errors=True)
     rp, it = merge(runs_r), merge(runs_i)
     blocks = runs_r[0]["blocks"]
     state = "page cache dropped before each" if cold else "page-cached (could not drop)"
@@ -456,6 +463,11 @@ def section_ooc(client: Any, path: str, V: np.ndarray, k: int, a: argparse.Names
             "s/iteration / one read+decode pass", s(it), s(rp), *ratio_of(it, rp), "<= 1.25",
             lambda x: x <= 1.25)
     out = {"read": rp, "iteration": it, "blocks": blocks, "cold": cold}
+    if runs_s:
+        st = out["iteration_store_W"] = merge(runs_s)
+        tab.add("ooc", f"out of core, W in files between passes (store_W=True) / W in worker "
+                f"memory, s/iteration ({state}; W's I/O is 2k/n = {2 * k / V.shape[1]:.1%} "
+                "of V's)", s(st), s(it), *ratio_of(st, it), "(info)")
     out["io_bound"] = io_bound(client, path, W0, H0, k, a, tab)
     return out
 
@@ -749,12 +761,13 @@ def _peak() -> int:
 
 
 def section_memory(c1: Any, tmp: str, a: argparse.Namespace, tab: Table) -> dict[str, Any]:
-    """Per-worker peak memory of a fit (1 worker, ``resident=False``) by block rows, k, n, m."""
+    """Per-worker peak memory of a fit (1 worker, ``resident=False``) by block rows, k, n, m;
+    and by m with W kept in files between passes (``store_W=True``)."""
     from bignmf import NMF
 
     log("\n== 7. per-worker peak memory (VmHWM) ==")
     base = a.mem_base  # (m, n, k, r)
-    configs = [dict(zip("mnkr", base, strict=True))]
+    configs: list[dict[str, Any]] = [{**dict(zip("mnkr", base, strict=True)), "s": False}]
     for r in a.mem_r:
         configs.append({**configs[0], "r": r})
     for k in a.mem_k:
@@ -763,9 +776,11 @@ def section_memory(c1: Any, tmp: str, a: argparse.Namespace, tab: Table) -> dict
         configs.append({**configs[0], "n": n})
     for m in a.mem_m:
         configs.append({**configs[0], "m": m})
+    for m in [base[0], *a.mem_m]:  # W in files: the m k 4 term should vanish
+        configs.append({**configs[0], "m": m, "s": True})
     seen, uniq = set(), []
     for c in configs:
-        key = tuple(c[x] for x in "mnkr")
+        key = tuple(c[x] for x in "mnkrs")
         if key not in seen:
             seen.add(key)
             uniq.append(c)
@@ -789,7 +804,9 @@ def section_memory(c1: Any, tmp: str, a: argparse.Namespace, tab: Table) -> dict
         before = c1.run(_reset_peak)
         with c1.as_current(), quiet():
             W = NMF(c["k"], init="random", max_iter=2, tol=0.0, resident=False,
-                    block_rows=c["r"], random_state=0).fit_transform(stores[mn])
+                    block_rows=c["r"], random_state=0, store_W=c["s"],
+                    checkpoint=os.path.join(tmp, "mem_ck.zarr") if c["s"] else None,
+                    ).fit_transform(stores[mn])
             del W
         peak = c1.run(_peak)
         if warm_up:
@@ -798,14 +815,15 @@ def section_memory(c1: Any, tmp: str, a: argparse.Namespace, tab: Table) -> dict
         wk = next(iter(peak))
         inc = peak[wk] - before[wk]
         rows.append({**c, "baseline": before[wk], "peak": peak[wk], "increment": inc})
-        log(f"  m={c['m']} n={c['n']} k={c['k']} r={c['r']}: baseline "
+        log(f"  m={c['m']} n={c['n']} k={c['k']} r={c['r']} store_W={c['s']}: baseline "
             f"{before[wk] / 2**20:.0f} MiB, peak {peak[wk] / 2**20:.0f} MiB, "
             f"+{inc / 2**20:.1f} MiB")
     for p in stores.values():
         shutil.rmtree(p, ignore_errors=True)
-    # model: increment = c1 * r n 4 + c2 * (r + n) k 8 + c3 * m k 4 + c0 (least squares)
-    A = np.array([[r["r"] * r["n"] * 4, (r["r"] + r["n"]) * r["k"] * 8, r["m"] * r["k"] * 4, 1]
-                  for r in rows], dtype=float)
+    # model: increment = c1 * r n 4 + c2 * (r + n) k 8 + c3 * m k 4 + c0 (least squares),
+    # c3 = 0 with W in files
+    A = np.array([[r["r"] * r["n"] * 4, (r["r"] + r["n"]) * r["k"] * 8,
+                   0 if r["s"] else r["m"] * r["k"] * 4, 1] for r in rows], dtype=float)
     y = np.array([r["increment"] for r in rows], dtype=float)
     coef, *_ = np.linalg.lstsq(A, y, rcond=None)
     pred = A @ coef
@@ -814,7 +832,7 @@ def section_memory(c1: Any, tmp: str, a: argparse.Namespace, tab: Table) -> dict
     rel = np.abs(pred - y) / np.maximum(y, 1)
     out = {"rows": rows, "coef": coef.tolist(), "max_rel_err": float(rel.max())}
     formula = (f"peak - baseline = {coef[0]:.2f} x r*n*4 + {coef[1]:.1f} x (r+n)*k*8 + "
-               f"{coef[2]:.2f} x m*k*4 + {coef[3] / 2**20:.1f} MiB")
+               f"{coef[2]:.2f} x m*k*4 (0 with store_W) + {coef[3] / 2**20:.1f} MiB")
     out["formula"] = formula
     log("  fitted: " + formula + f" (max relative error {rel.max():.2f})")
     out["table"] = memory_table(rows)
@@ -822,21 +840,26 @@ def section_memory(c1: Any, tmp: str, a: argparse.Namespace, tab: Table) -> dict
     tab.add("memory", f"per-worker peak memory model ({len(rows)} fits, 1 worker, "
             f"resident=False): {formula}", "", "", float(rel.max()), None,
             "fits within 0.2", lambda x: x <= 0.2, unit=" max rel. err")
-    ms = [r for r in rows if r["n"] == base[1] and r["k"] == base[2] and r["r"] == base[3]]
-    if len(ms) >= 2:
+    for stored in (False, True):
+        ms = [r for r in rows if r["n"] == base[1] and r["k"] == base[2] and r["r"] == base[3]
+              and r["s"] == stored]
+        if len(ms) < 2:
+            continue
         lo, hi = min(ms, key=lambda r: r["m"]), max(ms, key=lambda r: r["m"])
-        tab.add("memory", f"peak increment at m={hi['m']} / at m={lo['m']} (n={base[1]}, "
+        where = "W in files (store_W=True)" if stored else "W in worker memory (store_W=False)"
+        tab.add("memory", f"peak increment at m={hi['m']} / at m={lo['m']}, {where} (n={base[1]}, "
                 f"k={base[2]}, r={base[3]})", f"{hi['increment'] / 2**20:.1f} MiB",
                 f"{lo['increment'] / 2**20:.1f} MiB", hi["increment"] / lo["increment"],
-                None, "~1 (<= 1.1)", lambda x: x <= 1.1)
+                None, "~1 (<= 1.1)" if stored else "(info)",
+                (lambda x: x <= 1.1) if stored else None)
     return out
 
 
 def memory_table(rows: list[dict[str, Any]]) -> str:
-    out = ["| m | n | k | block rows r | block MiB | baseline MiB | peak - baseline MiB | "
-           "model MiB |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = ["| m | n | k | block rows r | W in files | block MiB | baseline MiB | "
+           "peak - baseline MiB | model MiB |", "|---:|---:|---:|---:|:---:|---:|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['m']} | {r['n']} | {r['k']} | {r['r']} | "
+        out.append(f"| {r['m']} | {r['n']} | {r['k']} | {r['r']} | {'yes' if r['s'] else ''} | "
                    f"{r['r'] * r['n'] * 4 / 2**20:.1f} | {r['baseline'] / 2**20:.0f} | "
                    f"{r['increment'] / 2**20:.1f} | {r['model'] / 2**20:.1f} |")
     return "\n".join(out)

@@ -71,6 +71,10 @@ def _add_fit_options(p: argparse.ArgumentParser, scheduler: bool = True) -> None
     p.add_argument("--resident", default="auto", choices=["auto", "yes", "no"],
                    help="keep V in the workers' memory after one read (auto: when it takes "
                         "at most 30%% of their total memory limit)")
+    p.add_argument("--store-W", default="auto", choices=["auto", "yes", "no"],
+                   help="keep W in files beside the checkpoints between passes, not in the "
+                        "workers' memory (auto: when V is not resident and W would take over "
+                        "10%% of a worker's memory limit)")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="checkpoint into the output store every N iterations")
     p.add_argument("--checkpoint-seconds", type=float, default=None,
@@ -132,13 +136,14 @@ def fit_argv(options: dict[str, Any]) -> list[str]:
 
 _FIT_OPTIONS = ("n_components", "init", "solver", "beta_loss", "missing", "max_iter", "tol",
                 "alpha_W", "alpha_H", "l1_ratio", "random_state", "block_rows", "resident",
-                "checkpoint_every", "checkpoint_seconds")
+                "store_W", "checkpoint_every", "checkpoint_seconds")
 
 
 def _estimator(options: dict[str, Any], output: str | None) -> NMF:
     kw: dict[str, Any] = {key: options.get(key) for key in _FIT_OPTIONS}  # older stores lack some
     kw["beta_loss"] = kw["beta_loss"] or "frobenius"
     kw["resident"] = {"yes": True, "no": False}.get(kw["resident"] or "auto", "auto")
+    kw["store_W"] = {"yes": True, "no": False}.get(kw["store_W"] or "auto", "auto")
     if kw["alpha_H"] != "same":
         kw["alpha_H"] = float(kw["alpha_H"])
     if kw["beta_loss"] not in BETA_LOSSES:

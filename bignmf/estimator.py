@@ -46,6 +46,7 @@ from bignmf.passes import (
     transform_block,
 )
 from bignmf.progress import Progress
+from bignmf.scratch import Scratch
 from bignmf.solvers import SOLVER_NAMES, hals, mu
 
 
@@ -82,6 +83,7 @@ _CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "missing": (lambda v: v in (None, "nan", "unstored"), "None, 'nan' or 'unstored'"),
     "resident": (lambda v: v == "auto" or isinstance(v, bool | np.bool_), "'auto' or a bool"),
     "block_rows": (lambda v: v is None or (_is_int(v) and v >= 1), "an int >= 1 or None"),
+    "store_W": (lambda v: v == "auto" or isinstance(v, bool | np.bool_), "'auto' or a bool"),
     "checkpoint": (lambda v: v is None or isinstance(v, (str, os.PathLike)),
                    "None or a path to a Zarr group"),
     "checkpoint_every": (lambda v: v is None or (_is_int(v) and v >= 1), "an int >= 1 or None"),
@@ -101,6 +103,11 @@ MASKED_GRAM_BYTES = 2**28
 #: ``resident='auto'`` keeps V in the workers' memory when it takes at most this fraction of
 #: their total memory limit (the rest is for W, the kernels' temporaries and dask).
 RESIDENT_FRACTION = 0.3
+
+#: ``store_W='auto'`` keeps W in files between passes (:mod:`bignmf.scratch`) when V is not
+#: resident and W's share of a worker, ``m k itemsize / workers``, would be over this
+#: fraction of the smallest worker memory limit.
+W_FRACTION = 0.1
 
 
 class InvalidParameterError(ValueError, TypeError):
@@ -161,6 +168,14 @@ l1_ratio, verbose, shuffle
     block_rows : int, optional
         Rows per block of V for out-of-core inputs (default: ~128 MiB blocks, fewer when the
         workers' memory limit is small).
+    store_W : 'auto' or bool, default='auto'
+        Out-of-core inputs only: keep W in files between passes instead of in the workers'
+        memory (:mod:`bignmf.scratch`), so that a worker's memory does not grow with the
+        number of rows; each pass then also reads and writes W, ``2 k / n`` of a pass over
+        dense V. The files go in ``checkpoint`` (a folder every worker must see) or, on the
+        embedded cluster, in a temporary folder, and the fit's returned W is read from its
+        final checkpoint. ``'auto'``: when V is not resident and W's share of a worker
+        would be over :data:`W_FRACTION` of its memory limit and there is such a folder.
     checkpoint : str or path, optional
         A Zarr group (created if needed) where the fit keeps its newest checkpoint — W, H,
         the iteration, the loss history, ``||V||^2`` and the RNG state — written atomically
@@ -203,6 +218,7 @@ l1_ratio, verbose, shuffle
         missing: str | None = None,
         resident: bool | str = "auto",
         block_rows: int | None = None,
+        store_W: bool | str = "auto",
         checkpoint: str | os.PathLike[str] | None = None,
         checkpoint_every: int | None = None,
         checkpoint_seconds: float | None = None,
@@ -223,6 +239,7 @@ l1_ratio, verbose, shuffle
         self.missing = missing
         self.resident = resident
         self.block_rows = block_rows
+        self.store_W = store_W
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
         self.checkpoint_seconds = checkpoint_seconds
@@ -246,6 +263,10 @@ l1_ratio, verbose, shuffle
                 f"Invalid missing parameter: solver {self.solver!r} does not handle "
                 f"missing = {self.missing!r}; use solver='cd' or 'mu'"
             )
+        if self.solver == "compressed" and self.store_W is True:
+            raise InvalidParameterError(
+                "Invalid store_W parameter: solver 'compressed' keeps its own small factors "
+                "(W of the sketch); use store_W='auto' or False")
         if self.solver == "compressed" and self.checkpoint is not None:
             raise InvalidParameterError(
                 "Invalid checkpoint parameter: solver 'compressed' writes no checkpoints "
@@ -411,9 +432,28 @@ l1_ratio, verbose, shuffle
                 " init='custom' to use them as initialization.",
                 RuntimeWarning, stacklevel=3,
             )
+        scratch = None if compressed else self._scratch(ex, shape, dtype, k, checkpointer)
         # Every check that reads no data is done: now V may be read into memory.
         if self._keep_resident(ex):
             ex.make_resident()
+        try:
+            result = self._run(ex, shape, dtype, k, init, W, H, compressed, checkpointer,
+                               state, scratch, callback)
+        finally:
+            if scratch is not None:
+                scratch.close()
+        if not result.converged and self.tol > 0:
+            warnings.warn(
+                f"Maximum number of iterations {self.max_iter} reached. Increase it to "
+                "improve convergence.", ConvergenceWarning, stacklevel=3,
+            )
+        return ex.assemble(result.W_blocks, k, dtype), result.H, result.n_iter, result
+
+    def _run(self, ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int, init: str,
+             W: Any, H: Any, compressed: bool, checkpointer: Checkpointer | None,
+             state: FitState | None, scratch: Scratch | None,
+             callback: Callable[[IterationInfo], None] | None) -> FitResult:
+        """Initialize (unless resuming) and fit: the parameters are checked."""
         penalty = Penalty.from_alphas(shape, self.alpha_W, self.alpha_H, self.l1_ratio)
         beta = beta_to_float(self.beta_loss)
         if compressed:
@@ -430,20 +470,38 @@ l1_ratio, verbose, shuffle
                 initial = Initial(ex.split(W), H.copy(), None, passes=0)
             else:
                 initial = initialize(ex, shape, dtype, k, init, self.random_state,
-                                     beta=beta, missing=self.missing)
+                                     beta=beta, missing=self.missing, scratch=scratch)
             result = fit(
                 ex, initial, shape=shape, dtype=dtype, solver=self.solver, penalty=penalty,
                 tol=self.tol, max_iter=self.max_iter, inner_sweeps=self.inner_sweeps,
                 shuffle=self.shuffle, random_state=self.random_state, callback=callback,
                 verbose=self.verbose, resume=state, checkpointer=checkpointer, beta=beta,
-                missing=self.missing,
+                missing=self.missing, scratch=scratch,
             )
-        if not result.converged and self.tol > 0:
-            warnings.warn(
-                f"Maximum number of iterations {self.max_iter} reached. Increase it to "
-                "improve convergence.", ConvergenceWarning, stacklevel=3,
-            )
-        return ex.assemble(result.W_blocks, k, dtype), result.H, result.n_iter, result
+        return result
+
+    def _scratch(self, ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int,
+                 checkpointer: Checkpointer | None) -> Scratch | None:
+        """Where W is kept between passes, if not in the workers' memory (``store_W``)."""
+        if self.store_W is False:
+            return None
+        if self.store_W is True:
+            if not isinstance(ex, DaskExecutor):
+                raise ValueError(
+                    "store_W=True applies to out-of-core X (a Zarr store, zarr.Array or dask "
+                    "array); an in-memory X keeps W in this process")
+            if checkpointer is None:
+                raise ValueError(
+                    "store_W=True needs checkpoint=PATH, a folder every worker sees (on the "
+                    "embedded cluster a temporary folder is used)")
+        else:
+            if not isinstance(ex, DaskExecutor) or checkpointer is None or self._keep_resident(ex):
+                return None
+            limit = cluster.worker_memory_limit(ex.client)
+            share = shape[0] * k * np.dtype(dtype).itemsize / cluster.n_workers(ex.client)
+            if not limit or share <= W_FRACTION * limit:
+                return None
+        return Scratch(os.path.join(checkpointer.root, "scratch"), len(ex.row_bounds))
 
     def _checkpointing(
         self, shape: tuple[int, int], dtype: np.dtype, k: int, resume: bool, ex: Any

@@ -36,6 +36,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from bignmf.cluster import active_client
 from bignmf.passes import Sums, ZarrBlock, add_in_order, load_block, tree_sum
+from bignmf.scratch import LostBlock
 from bignmf.solvers import small_blas, thread_budget
 
 #: Fewest rows per block of an in-memory V split across cores (smaller V: one block).
@@ -367,7 +368,10 @@ class DaskExecutor:
     @staticmethod
     def lost_data(err: BaseException) -> bool:
         """True when a computation failed because workers holding its inputs died (the
-        data can be rebuilt from a checkpoint), not because a task itself failed."""
+        data can be rebuilt from a checkpoint), not because a task itself failed; or
+        because a block of W kept in files is gone (:class:`~bignmf.scratch.LostBlock`)."""
+        if isinstance(err, LostBlock):
+            return True
         if type(err).__name__ != "FutureCancelledError":
             return False
         # "lost dependencies": a worker holding inputs died; "already forgotten": the

@@ -36,6 +36,7 @@ from bignmf.checkpoint import Checkpointer, FitState
 from bignmf.init import Initial
 from bignmf.losses import Penalty, beta_error
 from bignmf.passes import HRule, Sums, beta_step, frobenius_step, h_step, masked_hals_step
+from bignmf.scratch import Scratch, Spilling, loaded
 from bignmf.solvers import get_solver, mu
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ def fit(
     checkpointer: Checkpointer | None = None,
     beta: float = 2.0,
     missing: str | None = None,
+    scratch: Scratch | None = None,
 ) -> FitResult:
     """Alternate W and H updates until ``tol`` or ``max_iter``; see the module docstring.
 
@@ -123,6 +125,11 @@ def fit(
     loss is that of the iterate before it (the pass forms ``W H`` for the update anyway); one
     extra pass at the end gives the final loss. ``loss_history`` has the same meaning in
     both cases: the objective before the first iteration and after each.
+
+    With a ``scratch`` (:mod:`bignmf.scratch`; it needs a ``checkpointer``), W lives in
+    files between passes instead of in memory: each kernel reads its block and writes the
+    new one, and the returned blocks read the final checkpoint's W. Generation ``t`` is
+    deleted once iteration ``t + 2`` is taken.
     """
     m, n = shape
     k = initial.H.shape[0]
@@ -157,10 +164,14 @@ def fit(
     # The rng state after the draws of the last iteration taken (what a checkpoint holds:
     # the iteration started ahead has drawn since).
     rng_taken = _rng_state(rng)
+    # Kernels with W on storage take a third per-block argument: where the new W goes.
+    stored: Callable[[Any], Any] = Spilling if scratch is not None else (lambda kernel: kernel)
 
     def restore(state: FitState) -> None:
         nonlocal W_blocks, Hs, stats, history, loss_sq, converged, it, next_it, tail, rng_taken
         started.clear()  # (releases what they computed)
+        if scratch is not None:
+            scratch.reset()
         W_blocks = ex.split(state.W)
         H = np.asarray(state.H, dtype=dtype)
         Hs = (H, rule.gram(H), None)
@@ -185,7 +196,8 @@ def fit(
             FitState(iteration, W_blocks, ex.value(ex.item(Hs, 0)), history,
                      dict(stats or {}), rng_taken,
                      {"loss_sq": loss_sq, "converged": converged}),
-            ex.assemble(W_blocks, k, dtype))
+            ex.assemble(ex.map(loaded, W_blocks) if scratch is not None else W_blocks,
+                        k, dtype))
 
     if resume is not None:
         restore(resume)
@@ -209,7 +221,7 @@ def fit(
     # task per block), when a block's W is no larger than its sums; else as tasks of their
     # own, so that large W blocks stay where they are.
     rows = max(b - a for a, b in ex.row_bounds)
-    small_W = rows * k * np.dtype(dtype).itemsize <= k * n * 8
+    small_W = scratch is not None or rows * k * np.dtype(dtype).itemsize <= k * n * 8
 
     def sums_of(outs: list[Any]) -> list[Any]:
         return [ex.item(out, 1) for out in outs] if small_W else ex.take(outs, 1)
@@ -218,26 +230,31 @@ def fit(
         """Start iteration ``i`` from ``W_in`` and ``Hs_in``: the pass over V, then the
         update of H in the task that adds up the pass's sums."""
         first = i == 1
+        # With W in files, the next pass reads iteration i's W by name, not as a result of
+        # this pass's tasks: it runs after the update of H, so after every kernel of this
+        # pass, and the scheduler keeps no chain of tasks from one pass to the next.
+        targets = [scratch.targets(i)] if scratch is not None else []
         order_W = rng.permutation(k) if rng is not None else None
         order_H = rng.permutation(k) if rng is not None else None
         H_in, HHt = ex.forward(Hs_in, 0, 1)
         if kind == "masked_hals":
             outs = ex.map(
-                masked_hals_step, ex.blocks(), W_in, H=H_in, HHt=HHt,
+                stored(masked_hals_step), ex.blocks(), W_in, *targets, H=H_in, HHt=HHt,
                 missing=missing, l1=penalty.l1_W, l2=penalty.l2_W, max_sweeps=sweeps_W,
                 sweep_tol=sweep_tol, order=order_W, initial_loss=first, stats=stats is None,
             )
         elif kind == "frobenius":
             outs = ex.map(
-                frobenius_step, ex.blocks(), W_in,
+                stored(frobenius_step), ex.blocks(), W_in, *targets,
                 H=H_in, HHt=HHt, update=update, l1=penalty.l1_W, l2=penalty.l2_W,
                 max_sweeps=sweeps_W, sweep_tol=sweep_tol, order=order_W,
                 initial_loss=first, stats=stats is None,
             )
         else:
-            outs = ex.map(beta_step, ex.blocks(), W_in, H=H_in, l1=penalty.l1_W,
+            outs = ex.map(stored(beta_step), ex.blocks(), W_in, *targets, H=H_in,
+                          l1=penalty.l1_W,
                           l2=penalty.l2_W, stats=stats is None, **beta_kw)
-        W_out = ex.take(outs, 0)
+        W_out = targets[0] if targets else ex.take(outs, 0)
         Hs_out = ex.reduce(sums_of(outs), h_step, H_in, rule,
                            sq_norm_V=None if stats is None else float(stats["sumsq"]),
                            first=first, order=order_H)
@@ -247,7 +264,7 @@ def fit(
 
     def beta_loss_pass() -> Sums:
         """The divergence of the current W, H: one pass (only at the end of a fit)."""
-        outs = ex.map(beta_step, ex.blocks(), W_blocks, H=ex.item(Hs, 0), update_W=False,
+        outs = ex.map(stored(beta_step), ex.blocks(), W_blocks, H=ex.item(Hs, 0), update_W=False,
                       partials=False, **beta_kw)
         return ex.run([], ex.total(ex.take(outs, 1)))[1]
 
@@ -267,6 +284,8 @@ def fit(
             recover(err)
             continue
         _, rng_taken = started.popleft()  # (no other reference to the previous W is left)
+        if scratch is not None:
+            scratch.release(it - 2)  # (iteration it - 1, if run again, reads it - 1's W)
         if stats is None:
             stats = Sums(info["stats"])
         history.extend(info["objectives"])
@@ -296,6 +315,13 @@ def fit(
         recoveries = 0
         it += 1
     it -= 1
+    if scratch is not None:
+        # The last iteration always checkpoints: W is returned from there, and the
+        # scratch folder can go.
+        assert checkpointer is not None
+        final = checkpointer.load()
+        assert final is not None and final.iteration == it
+        W_blocks = ex.split(final.W)
     return FitResult(
         W_blocks=W_blocks, H=ex.value(ex.item(Hs, 0)), n_iter=it, converged=converged,
         reconstruction_err=float(np.sqrt(loss_sq)), loss_history=history,

@@ -24,6 +24,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from bignmf.passes import Sums, block_stats, check_stats, project_block, sketch_block
+from bignmf.scratch import Scratch, loaded, save_block
 from bignmf.solvers import small_blas
 
 #: Oversampling of the randomized SVD.
@@ -65,24 +66,28 @@ def resolve_init(init: str | None, n_components: int, shape: tuple[int, int]) ->
 def initialize(
     ex: Any, shape: tuple[int, int], dtype: np.dtype, n_components: int, init: str,
     random_state: Any, *, beta: float = 2.0, missing: str | None = None,
+    scratch: Scratch | None = None,
 ) -> Initial:
     """Initial ``W`` (as blocks on the executor) and ``H`` for a resolved ``init``.
 
     With ``missing`` entries, the mean of V is that of the observed entries and the
-    sketch of the NNDSVD family takes the missing ones as zeros.
+    sketch of the NNDSVD family takes the missing ones as zeros. With a ``scratch``, W
+    (generation 0) and the NNDSVD family's ``C = V Q`` are kept in its files, not in the
+    workers' memory.
     """
     if init == "random":
-        return _random(ex, shape, dtype, n_components, random_state, beta, missing)
+        return _random(ex, shape, dtype, n_components, random_state, beta, missing, scratch)
     if init in ("nndsvd", "nndsvda", "nndsvdar"):
-        return _nndsvd(ex, shape, dtype, n_components, init, random_state, beta, missing)
+        return _nndsvd(ex, shape, dtype, n_components, init, random_state, beta, missing,
+                       scratch)
     raise ValueError(f"Invalid init {init!r}")
 
 
 def _random(ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int, random_state: Any,
-            beta: float, missing: str | None) -> Initial:
+            beta: float, missing: str | None, scratch: Scratch | None) -> Initial:
     _, stats = ex.run([], ex.total(ex.map(block_stats, ex.blocks(), missing=missing)))
     check_stats(stats, beta=beta)
-    W_blocks, H = random_factors(ex, shape, dtype, k, _rng(random_state), stats)
+    W_blocks, H = random_factors(ex, shape, dtype, k, _rng(random_state), stats, scratch)
     return Initial(W_blocks, H, stats, passes=1)
 
 
@@ -95,21 +100,24 @@ def _rng(random_state: Any) -> np.random.RandomState:
 
 
 def random_factors(ex: Any, shape: tuple[int, int], dtype: Any, k: int, rng: Any,
-                   stats: Sums) -> tuple[list[Any], np.ndarray]:
+                   stats: Sums, scratch: Scratch | None = None
+                   ) -> tuple[list[Any], np.ndarray]:
     """scikit-learn's random start, ``|N(0, 1)| * sqrt(mean(V) / k)``, drawn from ``rng``
-    in its order (H, then W row by row); W goes to the executor block by block."""
+    in its order (H, then W row by row); W goes to the executor (or the scratch files)
+    block by block."""
     avg = np.sqrt(_mean(stats, shape) / k)
     H = np.abs(avg * rng.standard_normal(size=(k, shape[1])).astype(dtype, copy=False))
     W_parts = [
         np.abs(avg * rng.standard_normal(size=(stop - start, k)).astype(dtype, copy=False))
         for start, stop in ex.row_bounds
     ]
-    return ex.put(W_parts), H.astype(dtype, copy=False)
+    W_blocks = scratch.put(0, W_parts) if scratch is not None else ex.put(W_parts)
+    return W_blocks, H.astype(dtype, copy=False)
 
 
 def _nndsvd(
     ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int, init: str, random_state: Any,
-    beta: float, missing: str | None,
+    beta: float, missing: str | None, scratch: Scratch | None,
 ) -> Initial:
     m, n = shape
     rng = _rng(random_state)
@@ -122,7 +130,11 @@ def _nndsvd(
 
     # Last pass: C = V Q (kept where computed) and C^T C.
     outs = ex.map(project_block, ex.blocks(), Q=Q, missing=missing)
-    C_blocks, total = ex.run(ex.take(outs, 0), ex.total(ex.take(outs, 1)))
+    C_out = ex.take(outs, 0)
+    if scratch is not None:
+        # (generation 0's folder: deleted with the initial W, once the first pass is done)
+        C_out = ex.map(save_block, C_out, scratch.targets(0, "C"))
+    C_blocks, total = ex.run(C_out, ex.total(ex.take(outs, 1)))
     CtC = total["CtC"]
 
     # V ~ C Q^T; SVD of C from its Gram matrix: C = U S G^T with G the eigenvectors.
@@ -134,7 +146,8 @@ def _nndsvd(
     tiny = S[0] * 1e-7 < S if S[0] > 0 else np.zeros(k, dtype=bool)
     M = np.where(tiny, G / np.where(tiny, S, 1.0), 0.0)  # U = C @ M
 
-    W_blocks, H = nndsvd_from_svd(ex, C_blocks, M, S, Vt, init, rng, stats, shape, dtype)
+    W_blocks, H = nndsvd_from_svd(ex, C_blocks, M, S, Vt, init, rng, stats, shape, dtype,
+                                  scratch)
     return Initial(W_blocks, H, stats, passes=POWER_PASSES + 1)
 
 
@@ -159,10 +172,12 @@ def power_basis(ex: Any, Omega: np.ndarray, passes: int, *, beta: float = 2.0,
 def nndsvd_from_svd(
     ex: Any, X_blocks: list[Any], M: np.ndarray, S: np.ndarray, Vt: np.ndarray, init: str,
     rng: Any, stats: Sums, shape: tuple[int, int], dtype: Any,
+    scratch: Scratch | None = None,
 ) -> tuple[list[Any], np.ndarray]:
     """NNDSVD (Boutsidis & Gallopoulos 2008, as scikit-learn) from a truncated SVD
     ``V ~ U diag(S) Vt`` whose left factor ``U = X M`` is held in row blocks ``X_i`` on the
-    executor (``C = V Q`` here, the sketch basis in :mod:`bignmf.compressed`).
+    executor (``C = V Q`` here, the sketch basis in :mod:`bignmf.compressed`), or stored in
+    ``scratch`` files, where W (generation 0) then goes too.
 
     Costs one pass over the ``X`` blocks (not V) for the norms of the positive and negative
     parts of U; W is formed where the blocks are, H here. Returns ``(W_blocks, H)``.
@@ -204,24 +219,26 @@ def nndsvd_from_svd(
         _nndsvd_W_block, X_blocks, [start for start, _ in ex.row_bounds], M=M, coef=coef,
         sign=sign, eps=eps, fill=init[6:], mean=mean, dtype=dtype, seed=seed,
     )
+    if scratch is not None:
+        W_blocks = ex.map(save_block, W_blocks, scratch.targets(0))
     W_blocks, _ = ex.run(W_blocks)
     return W_blocks, H.astype(dtype)
 
 
-def _signed_sq_norms(C: np.ndarray, M: np.ndarray) -> Sums:
-    U = C @ M
+def _signed_sq_norms(C: Any, M: np.ndarray) -> Sums:
+    U = loaded(C) @ M
     pos = np.maximum(U, 0)
     neg = np.minimum(U, 0)
     return Sums(pos=np.einsum("ij,ij->j", pos, pos), neg=np.einsum("ij,ij->j", neg, neg))
 
 
 def _nndsvd_W_block(
-    C: np.ndarray, start: int, *, M: np.ndarray, coef: np.ndarray, sign: np.ndarray,
+    C: Any, start: int, *, M: np.ndarray, coef: np.ndarray, sign: np.ndarray,
     eps: float, fill: str, mean: float, dtype: Any, seed: int,
 ) -> np.ndarray:
     """W rows ``start:`` of NNDSVD from ``U_i = C_i M``: scaled positive or negative parts;
     zeros filled with the mean (``'a'``) or small random values (``'ar'``)."""
-    U = C @ M
+    U = loaded(C) @ M
     W = np.where(sign == 0, np.abs(U), np.maximum(sign * U, 0)) * coef
     W[eps > W] = 0
     if fill == "a":

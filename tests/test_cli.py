@@ -57,6 +57,25 @@ def test_fit_writes_factors_history_and_parameters(store, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["data.zarr", "out.zarr"]
 
 
+def test_fit_with_W_in_files_writes_the_same_factors(store, tmp_path):
+    """``--store-W yes``: W lives in files beside the checkpoints between passes; the
+    output is that of the fit with W in memory, and the files are gone at the end."""
+    path, _ = store
+    res = {}
+    for store_W in ("no", "yes"):
+        out = tmp_path / f"out-{store_W}.zarr"
+        proc = run_cli("fit", f"{path}/X", "-k", "6", "-o", str(out), "--init", "random",
+                       "--random-state", "0", "--max-iter", "12", "--tol", "0",
+                       "--block-rows", "150", "--resident", "no", "--store-W", store_W,
+                       "--checkpoint-every", "5")
+        assert proc.returncode == 0, proc.stderr
+        res[store_W] = zarr.open_group(out, mode="r")
+    for name in ("W", "H", "loss_history"):
+        np.testing.assert_allclose(res["yes"][name][...], res["no"][name][...], rtol=1e-12)
+    assert res["yes"].attrs["params"]["store_W"] is True
+    assert "scratch" not in os.listdir(tmp_path / "out-yes.zarr")
+
+
 def test_fit_refuses_to_overwrite(store, tmp_path):
     path, _ = store
     out = tmp_path / "out.zarr"
