@@ -89,14 +89,16 @@ CASES = {
     "cd-nndsvda-shuffle": dict(init="nndsvda", shuffle=True),
     "kl-mu-nndsvd": dict(init="nndsvdar", solver="mu", beta_loss="kullback-leibler"),
     "masked-cd": dict(init="random", missing="nan"),
+    # V resident: each pass is started before the previous one's loss is here (lookahead)
+    "cd-resident": dict(init="random", resident=True),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_W_in_files_gives_the_same_fit(dataset, real_cluster, tmp_path, case):
     path = dataset[1] if CASES[case].get("missing") else dataset[0]
-    params = dict(n_components=RANK, random_state=0, max_iter=6, tol=0, resident=False,
-                  block_rows=BLOCK_ROWS, checkpoint_every=2, **CASES[case])
+    params = {**dict(n_components=RANK, random_state=0, max_iter=6, tol=0, resident=False,
+                     block_rows=BLOCK_ROWS, checkpoint_every=2), **CASES[case]}
     fits = {}
     with real_cluster.client.as_current():
         for store_W in (False, True):
