@@ -448,10 +448,13 @@ def section_ooc(client: Any, path: str, V: np.ndarray, k: int, a: argparse.Names
             drop_caches()
         runs_i.append(per_iter(client, path, W0, H0, k, a.iters,
                                between=drop_caches if cold else None, resident=False))
-        if not cold:  # W in files between passes: its I/O is 2 k / n of V's
-            runs_s.append(per_iter(client, path, W0, H0, k, a.iters, resident=False,
-                                   store_W=True, checkpoint=os.path.join(scratch, "ck.zarr"),
-                                   checkpoint_every=10**6))
+        if cold:
+            drop_caches()
+        # W in files between passes: its I/O is 2 k / n of V's
+        runs_s.append(per_iter(client, path, W0, H0, k, a.iters, resident=False,
+                               between=drop_caches if cold else None, store_W=True,
+                               checkpoint=os.path.join(scratch, "ck.zarr"),
+                               checkpoint_every=10**6))
         log(f"  round {rnd + 1}: read {runs_r[-1]['median']:.3f}s, iteration "
             f"{runs_i[-1]['median']:.3f}s"
             + (f", with W in files {runs_s[-1]['median']:.3f}s" if runs_s else ""))

@@ -252,8 +252,7 @@ def fit(
             )
         else:
             outs = ex.map(stored(beta_step), ex.blocks(), W_in, *targets, H=H_in,
-                          l1=penalty.l1_W,
-                          l2=penalty.l2_W, stats=stats is None, **beta_kw)
+                          l1=penalty.l1_W, l2=penalty.l2_W, stats=stats is None, **beta_kw)
         W_out = targets[0] if targets else ex.take(outs, 0)
         Hs_out = ex.reduce(sums_of(outs), h_step, H_in, rule,
                            sq_norm_V=None if stats is None else float(stats["sumsq"]),
