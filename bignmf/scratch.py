@@ -33,6 +33,10 @@ from typing import Any
 import numpy as np
 
 
+#: Name prefix of a fit's folder of stored blocks.
+PREFIX = "W-scratch-"
+
+
 class LostBlock(LookupError):
     """A stored block is gone: the fit goes back to its newest checkpoint."""
 
@@ -93,15 +97,21 @@ class Scratch:
     Parameters
     ----------
     root : path
-        An existing folder every worker sees; the fit's own subfolder is made in it and
-        removed by :meth:`close`.
+        A folder every worker sees (made if needed); the fit's own subfolder is made in it
+        and removed by :meth:`close`. Subfolders left there by earlier fits that did not
+        end (a batch job killed at its walltime) are removed first: ``root`` belongs to one
+        fit at a time, as the checkpoints beside it do.
     n_blocks : int
         Row blocks per generation.
     """
 
     def __init__(self, root: str | os.PathLike[str], n_blocks: int) -> None:
+        root = os.fspath(root)
         os.makedirs(root, exist_ok=True)
-        self.path = tempfile.mkdtemp(prefix="W-scratch-", dir=os.fspath(root))
+        for name in os.listdir(root):
+            if name.startswith(PREFIX):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        self.path = tempfile.mkdtemp(prefix=PREFIX, dir=root)
         self.n_blocks = n_blocks
         self.epoch = 0
 

@@ -83,6 +83,14 @@ def test_scratch_generations(tmp_path):
     assert not (tmp_path / "root").exists()  # (nothing else was in it)
 
 
+def test_scratch_removes_what_a_killed_fit_left(tmp_path):
+    left = Scratch(tmp_path, n_blocks=2)  # a fit whose job was killed: never closed
+    left.put(3, [np.ones(2), np.ones(2)])
+    (tmp_path / "other").mkdir()  # not a fit's folder: kept
+    scratch = Scratch(tmp_path, n_blocks=2)
+    assert sorted(os.listdir(tmp_path)) == sorted(["other", os.path.basename(scratch.path)])
+
+
 # --------------------------------------------------------------------------- in a fit
 CASES = {
     "cd-random": dict(init="random"),

@@ -558,14 +558,17 @@ def test_submit_runs_the_whole_fit_in_one_job(partition, dataset, tmp_path, job_
     assert not _jobs(job_name)
 
 
+@pytest.mark.parametrize("store_W", ["no", "yes"])
 def test_job_requeues_itself_near_its_walltime_and_continues(partition, dataset, tmp_path,
-                                                             job_name, capsys):
+                                                             job_name, capsys, store_W):
+    """With W in worker memory, and with W in files beside the checkpoints (``--store-W
+    yes``): the same result, and no W files are left."""
     max_iter = 80
     profile = _batch_profile(tmp_path, partition, job_name, {"requeue-before-walltime": 300})
     out = tmp_path / "out.zarr"
     t0 = time.monotonic()
     proc = run_cli("submit", dataset, "-o", str(out), "--profile", str(profile), *FIT_ARGS,
-                   "--max-iter", str(max_iter))
+                   "--max-iter", str(max_iter), "--store-W", store_W)
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.strip()
     log_path = tmp_path / "logs" / f"{job_name}-{job_id}.out"
@@ -607,3 +610,5 @@ def test_job_requeues_itself_near_its_walltime_and_continues(partition, dataset,
     assert len(resumed) == 1 and int(resumed[0]) >= 5, log[-4000:]
     assert log.count("bignmf started a local Dask cluster") == 2
     _assert_result(out, dataset, max_iter)
+    assert zarr.open_group(out, mode="r").attrs["params"]["store_W"] is (store_W == "yes")
+    assert "scratch" not in os.listdir(out)
