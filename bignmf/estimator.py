@@ -174,8 +174,9 @@ l1_ratio, verbose, shuffle
         number of rows; each pass then also reads and writes W, ``2 k / n`` of a pass over
         dense V. The files go in ``checkpoint`` (a folder every worker must see) or, on the
         embedded cluster, in a temporary folder, and the fit's returned W is read from its
-        final checkpoint (until a later fit checkpoints into the same place). ``'auto'``: when V is not resident and W's share of a worker
-        would be over :data:`W_FRACTION` of its memory limit and there is such a folder.
+        final checkpoint (until a later fit checkpoints into the same place). ``'auto'``:
+        when V is not resident and W's share of a worker would be over
+        :data:`W_FRACTION` of its memory limit and there is such a folder.
     checkpoint : str or path, optional
         A Zarr group (created if needed) where the fit keeps its newest checkpoint — W, H,
         the iteration, the loss history, ``||V||^2`` and the RNG state — written atomically

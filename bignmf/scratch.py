@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-
 #: Name prefix of a fit's folder of stored blocks.
 PREFIX = "W-scratch-"
 
