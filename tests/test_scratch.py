@@ -141,15 +141,19 @@ def test_workers_hold_no_W_between_passes(dataset, real_cluster, tmp_path):
 
     with client.as_current():
         for store_W in (False, True):
-            NMF(RANK, init="random", random_state=0, max_iter=6, tol=0, resident=False,
+            NMF(RANK, init="random", random_state=0, max_iter=12, tol=0, resident=False,
                 block_rows=BLOCK_ROWS, store_W=store_W, checkpoint=tmp_path / f"{store_W}.zarr",
                 checkpoint_every=100).fit(dataset[0], callback=during(store_W))
     assert min(held[False]) >= W_bytes
     assert max(held[True]) < W_bytes / 4
     assert max(generations) <= 3 and generations[-1] >= 2
     # A pass's tasks depend on none of the previous pass's kernels (the next pass reads W
-    # by name), so the scheduler forgets them: no chain of released tasks back to the start.
-    assert known[-1] <= known[1]
+    # by name), so the scheduler forgets them: no chain of released tasks back to the start
+    # (with one, ~2 more tasks per block each iteration: ~100 after 12 iterations; without,
+    # those of the last pass or two, however many iterations, as the client's releases
+    # arrive).
+    n_blocks = N_SAMPLES // BLOCK_ROWS
+    assert max(known) <= 3 * (2 * n_blocks + 3), known
 
 
 def test_lost_generation_is_recovered_from_the_checkpoint(dataset, real_cluster, tmp_path):
