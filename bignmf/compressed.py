@@ -82,8 +82,8 @@ from bignmf.fit import (
     stopping,
 )
 from bignmf.init import Initial, nndsvd_from_svd, power_basis, random_factors
-from bignmf.losses import Penalty, frobenius_sq, objective
-from bignmf.passes import Sums, check_stats, project_block
+from bignmf.losses import Penalty
+from bignmf.passes import HRule, Sums, check_stats, h_step, project_block
 from bignmf.solvers import hals, small_blas, thread_budget
 
 logger = logging.getLogger(__name__)
@@ -219,6 +219,10 @@ def fit_compressed(
             Q_blocks, W_blocks = here.blocks(), here.split(W_now)
             del Q, W_now
 
+        # The update of H and the objective are those of an exact iteration
+        # (:func:`~bignmf.passes.h_step`) on the sketch's sums: ``W^T V ~ (Q^T W)^T B``.
+        rule = HRule("frobenius", hals.update, penalty, sweeps_H, sweep_tol, None, 2.0, 1.0)
+        HHt = rule.gram(H)
         while it < max_iter and not converged:
             it += 1
             t0 = time.perf_counter()
@@ -228,20 +232,19 @@ def fit_compressed(
             order_H = order_rng.permutation(k) if order_rng is not None else None
             outs = here.map(
                 _compressed_W_step, Q_blocks, W_blocks, BHt=B @ H64.T,
-                HHt=H64 @ H64.T, l1=penalty.l1_W, l2=penalty.l2_W, max_sweeps=sweeps_W,
+                HHt=HHt, l1=penalty.l1_W, l2=penalty.l2_W, max_sweeps=sweeps_W,
                 sweep_tol=sweep_tol, order=order_W, initial_loss=first,
             )
             W_blocks, sums = here.run(here.take(outs, 0), here.total(here.take(outs, 1)))
+            step = Sums(WtV=sums["QtW"].T @ B, WtW=sums["WtW"], W_sum=sums["W_sum"])
             if first:
-                loss0 = frobenius_sq(sq_norm_V, sums["QtW0"].T @ B, sums["WtW0"], H)
-                history.append(objective(loss0, penalty, float(sums["W_sum0"].sum()),
-                                         float(np.trace(sums["WtW0"])), H))
-            WtV = sums["QtW"].T @ B  # W^T Q B: the sketch's W^T V
-            H, _ = hals.update(H.copy(), WtV.astype(H.dtype, copy=False), sums["WtW"],
-                               penalty.l1_H, penalty.l2_H, sweeps_H, sweep_tol, order_H)
-            loss_sq = frobenius_sq(sq_norm_V, WtV, sums["WtW"], H)
-            history.append(objective(loss_sq, penalty, float(sums["W_sum"].sum()),
-                                     float(np.trace(sums["WtW"])), H))
+                step.update(cross0=float(np.vdot(sums["QtW0"].T @ B, H64)),
+                            quad0=float(np.vdot(sums["WtW0"], HHt)), W_sum0=sums["W_sum0"],
+                            W_sq0=float(np.trace(sums["WtW0"])))
+            H, HHt, info = h_step(step, H, rule, sq_norm_V=sq_norm_V, first=first,
+                                  order=order_H)
+            history.extend(info["objectives"])
+            loss_sq = info["loss_sq"]
             decrease, converged = stopping(history, tol)
             report("compressed iteration (objective from the sketch)", it, total_iter,
                    history[-1], loss_sq, decrease, t0, t_start, verbose, callback)

@@ -61,16 +61,6 @@ class Penalty:
         )
 
 
-def frobenius_sq(sq_norm_V: float, WtV: np.ndarray, WtW: np.ndarray, H: np.ndarray) -> float:
-    """``||V - W H||_F^2`` from ``||V||^2``, ``W^T V`` (k x n), ``W^T W`` (k x k) and ``H``.
-
-    Cancellation limits the absolute accuracy to about ``eps * ||V||^2``; the result is
-    clipped at zero.
-    """
-    H64 = np.asarray(H, dtype=np.float64)
-    return expanded_sq(sq_norm_V, float(np.vdot(WtV, H64)), float(np.vdot(WtW, H64 @ H64.T)))
-
-
 def expanded_sq(sq_norm_V: float, cross: float, quad: float) -> float:
     """``||V - W H||^2 = ||V||^2 - 2 cross + quad``, with ``cross = <W^T V, H>`` and
     ``quad = ||W H||^2`` (over the observed entries when some are missing), clipped at zero
