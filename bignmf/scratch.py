@@ -56,7 +56,14 @@ class StoredBlock:
     def save(self, block: np.ndarray) -> StoredBlock:
         """Write ``block`` here atomically (a temporary name, then a rename)."""
         tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
+        try:
+            f = open(tmp, "wb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"cannot write a block of W to {self.path}: its folder is not there (this "
+                "worker does not see the folder of the fit's stored W: store_W needs a "
+                "folder that every worker shares, see `checkpoint`)") from None
+        with f:
             np.save(f, np.ascontiguousarray(block))
         os.replace(tmp, self.path)
         return self

@@ -49,6 +49,8 @@ def test_stored_block_round_trip_and_loss(tmp_path):
     assert os.listdir(tmp_path) == ["b.npy"]  # (the temporary name is gone)
     with pytest.raises(LostBlock, match="gone"):
         StoredBlock(str(tmp_path / "missing.npy")).load()
+    with pytest.raises(FileNotFoundError, match="store_W needs a folder that every worker"):
+        StoredBlock(str(tmp_path / "no-such-folder" / "b.npy")).save(A)
 
 
 def test_spilling_reads_and_writes_the_block(tmp_path):
