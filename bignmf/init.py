@@ -103,15 +103,16 @@ def random_factors(ex: Any, shape: tuple[int, int], dtype: Any, k: int, rng: Any
                    stats: Sums, scratch: Scratch | None = None
                    ) -> tuple[list[Any], np.ndarray]:
     """scikit-learn's random start, ``|N(0, 1)| * sqrt(mean(V) / k)``, drawn from ``rng``
-    in its order (H, then W row by row); W goes to the executor (or the scratch files)
-    block by block."""
+    in its order (H, then W row by row); W goes to the executor, or to the scratch files
+    block by block as it is drawn."""
     avg = np.sqrt(_mean(stats, shape) / k)
     H = np.abs(avg * rng.standard_normal(size=(k, shape[1])).astype(dtype, copy=False))
-    W_parts = [
+    W_parts = (
         np.abs(avg * rng.standard_normal(size=(stop - start, k)).astype(dtype, copy=False))
         for start, stop in ex.row_bounds
-    ]
-    W_blocks = scratch.put(0, W_parts) if scratch is not None else ex.put(W_parts)
+    )
+    # Into files, each block is written as it is drawn: this process never holds all of W.
+    W_blocks = scratch.put(0, W_parts) if scratch is not None else ex.put(list(W_parts))
     return W_blocks, H.astype(dtype, copy=False)
 
 

@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,8 +132,8 @@ class Scratch:
         return [StoredBlock(os.path.join(folder, f"{name}-{i:06d}.npy"))
                 for i in range(self.n_blocks)]
 
-    def put(self, generation: int, blocks: Sequence[np.ndarray]) -> list[StoredBlock]:
-        """Write blocks held by this process as ``generation``."""
+    def put(self, generation: int, blocks: Iterable[np.ndarray]) -> list[StoredBlock]:
+        """Write blocks made by this process as ``generation``, one at a time."""
         return [t.save(b) for t, b in zip(self.targets(generation), blocks, strict=True)]
 
     def release(self, generation: int) -> None:
