@@ -14,6 +14,7 @@ input into an executor (:mod:`bignmf.executor`) and dispatches to :mod:`bignmf.i
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import sys
@@ -48,6 +49,8 @@ from bignmf.passes import (
 from bignmf.progress import Progress
 from bignmf.scratch import Scratch
 from bignmf.solvers import SOLVER_NAMES, hals, mu
+
+logger = logging.getLogger(__name__)
 
 
 def _is_int(v: Any) -> bool:
@@ -496,11 +499,17 @@ l1_ratio, verbose, shuffle
                     "store_W=True needs checkpoint=PATH, a folder every worker sees (on the "
                     "embedded cluster a temporary folder is used)")
         else:
-            if not isinstance(ex, DaskExecutor) or checkpointer is None or self._keep_resident(ex):
+            if not isinstance(ex, DaskExecutor) or self._keep_resident(ex):
                 return None
             limit = cluster.worker_memory_limit(ex.client)
             share = shape[0] * k * np.dtype(dtype).itemsize / cluster.n_workers(ex.client)
             if not limit or share <= W_FRACTION * limit:
+                return None
+            if checkpointer is None:
+                logger.warning(
+                    "W takes %.0f MiB of each worker's %.0f MiB; pass checkpoint=PATH (a folder "
+                    "every worker sees) to keep it in files between passes instead (store_W)",
+                    share / 2**20, limit / 2**20)
                 return None
         return Scratch(os.path.join(checkpointer.root, "scratch"), len(ex.row_bounds))
 

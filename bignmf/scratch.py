@@ -7,9 +7,9 @@ from a file and writes the new block to another (:class:`Spilling`); between pas
 workers hold only the small sums. The I/O this adds is ``2 k / n`` of a pass over dense V.
 
 Layout: ``<root>/W-scratch-XXXX/<epoch>-<generation>/W-<block>.npy``. Generation ``t`` is the
-W of iteration ``t`` (0: the initialization). A generation is never written over: a kernel
-run again by the scheduler (its result lost with a worker) reads the same input and writes
-the same bytes. Each file is written under a temporary name and renamed into place, so a
+W of iteration ``t`` (0: the initialization), written by that pass only: a kernel run again
+by the scheduler (its result lost with a worker) reads the same input and writes the same
+bytes. Each file is written under a temporary name and renamed into place, so a
 reader sees a whole block or none; a block that is gone (a generation already deleted, or a
 worker that cannot see the folder) raises :class:`LostBlock`, which the fit treats as lost
 data and recovers from its newest checkpoint. Recovery starts a new epoch: tasks of the

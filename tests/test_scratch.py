@@ -185,7 +185,8 @@ def test_lost_generation_is_recovered_from_the_checkpoint(dataset, real_cluster,
     assert checkpoint.latest(store).endswith("ckpt-000008")
 
 
-def test_auto_stores_W_when_its_share_is_large(dataset, real_cluster, tmp_path, monkeypatch):
+def test_auto_stores_W_when_its_share_is_large(dataset, real_cluster, tmp_path, monkeypatch,
+                                               caplog):
     used: list[bool] = []
     real = bignmf.estimator.Scratch
 
@@ -206,6 +207,11 @@ def test_auto_stores_W_when_its_share_is_large(dataset, real_cluster, tmp_path, 
         assert used == [True]
         NMF(**params, resident=False, store_W=False).fit(dataset[0])
         assert used == [True]
+        # No folder the workers share (no checkpoint, not the embedded cluster): W stays in
+        # memory, and the log says how to move it.
+        NMF(**{**params, "checkpoint": None}, resident=False).fit(dataset[0])
+        assert used == [True]
+        assert "pass checkpoint=PATH" in caplog.text
 
 
 def test_store_W_errors(dataset, real_cluster):
