@@ -497,7 +497,8 @@ l1_ratio, verbose, shuffle
             if checkpointer is None:
                 raise ValueError(
                     "store_W=True needs checkpoint=PATH, a folder every worker sees (on the "
-                    "embedded cluster a temporary folder is used)")
+                    "embedded cluster a temporary folder is used; on the command line, "
+                    "--checkpoint-every N checkpoints into the output store)")
         else:
             if not isinstance(ex, DaskExecutor) or self._keep_resident(ex):
                 return None
