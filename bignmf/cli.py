@@ -243,6 +243,13 @@ def _compute_on(scheduler: str | None, args: argparse.Namespace | None) -> Any:
                 client.close()
 
 
+def _option_defaults() -> dict[str, Any]:
+    """The defaults of ``bignmf fit``'s options, by name."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_fit_options(parser)
+    return {action.dest: action.default for action in parser._actions}
+
+
 def existing_fit(output: str, input: str, options: dict[str, Any]) -> dict[str, Any] | None:
     """The attributes of ``output`` if it holds a ``bignmf fit`` of ``input`` with these
     options (interrupted or complete); ``None`` if it does not exist. Raises
@@ -255,10 +262,13 @@ def existing_fit(output: str, input: str, options: dict[str, Any]) -> dict[str, 
         attrs = {}
     stored = attrs.get("cli_options") or {}
     wanted = json.loads(json.dumps(options))
+    # An option newer than the store it was written with had its default then.
+    defaults = _option_defaults()
+    stored = {key: stored.get(key, defaults.get(key)) for key in wanted}
     differ = [f"input {attrs.get('input')!r} (now {input!r})"] \
         if attrs.get("input") != input else []
-    differ += [f"{key}={stored.get(key)!r} (now {wanted[key]!r})"
-               for key in sorted(wanted) if stored.get(key) != wanted[key]]
+    differ += [f"{key}={stored[key]!r} (now {wanted[key]!r})"
+               for key in sorted(wanted) if stored[key] != wanted[key]]
     if differ:
         raise FileExistsError(
             f"{output!r} exists and holds another fit ({'; '.join(differ)}); --resume "

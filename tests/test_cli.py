@@ -153,3 +153,22 @@ def test_convert_then_fit_a_matrix_market_file(tmp_path):
                                atol=1e-4 * float(ref.components_.max()))
     sk = SkNMF(5, init="nndsvda", random_state=0, max_iter=30, tol=0).fit(V32)
     assert res.attrs["reconstruction_err"] <= sk.reconstruction_err_ * 1.01
+
+
+def test_resume_accepts_a_store_written_before_an_option_existed(tmp_path):
+    """An output store written by an older bignmf lacks the options added since (here
+    ``store_W``): they count as their defaults, so a resubmitted job still continues it,
+    unless the option is now set to something else."""
+    from bignmf import cli
+
+    defaults = cli._option_defaults()
+    options = {key: defaults[key] for key in cli._FIT_OPTIONS} | {"n_components": 6}
+    out, data = str(tmp_path / "out.zarr"), str(tmp_path / "data.zarr")
+    older = {key: value for key, value in options.items() if key != "store_W"}
+    zarr.open_group(out, mode="w").attrs.update(
+        {"status": "running", "input": data, "cli_options": older})
+    assert cli.existing_fit(out, data, options)["status"] == "running"
+    with pytest.raises(FileExistsError, match="store_W='auto' \\(now 'yes'\\)"):
+        cli.existing_fit(out, data, options | {"store_W": "yes"})
+    with pytest.raises(FileExistsError, match="n_components=6 \\(now 7\\)"):
+        cli.existing_fit(out, data, options | {"n_components": 7})
