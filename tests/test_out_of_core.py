@@ -110,6 +110,26 @@ def test_each_chunk_read_once_per_pass_real_workers(small_store, read_log_path, 
     assert os.getpid() not in readers
 
 
+@pytest.mark.parametrize("init", ["random", "nndsvda"])
+def test_each_chunk_read_once_per_pass_with_W_in_files(small_store, read_log_path,
+                                                      real_cluster, tmp_path, init):
+    """W kept in files between passes (``store_W=True``) adds no read of V: each chunk is
+    still read once per pass, by the workers, and the factors are those of W in memory."""
+    path, _ = small_store
+    max_iter = 3
+    with real_cluster.client.as_current():
+        est, W = _fit(open_logged(path, read_log_path), init=init, max_iter=max_iter,
+                      block_rows=100, resident=False, store_W=True,
+                      checkpoint=tmp_path / "out.zarr")
+        assert W.compute().shape == (600, 4)
+        ref, _ = _fit(path, init=init, max_iter=max_iter, block_rows=100, resident=False)
+    keys = chunk_keys(open_logged(path, read_log_path))
+    assert read_counts(read_log_path) == dict.fromkeys(keys, INIT_PASSES[init] + max_iter)
+    assert_same_fit(est.components_, ref.components_)
+    readers = {pid for pid, _ in read_log(read_log_path)}
+    assert readers <= set(real_cluster.worker_pids().values())
+
+
 # --------------------------------------------------------------------------- the big one
 #: Memory limit of each of the 2 workers. Measured here: an idle worker process is ~80 MB
 #: RSS, ~150 MB once numpy/zarr/bignmf are imported, and peaks at ~225 MB in this fit, well
