@@ -122,8 +122,8 @@ def test_W_in_files_gives_the_same_fit(dataset, real_cluster, tmp_path, case):
 
 def test_workers_hold_no_W_between_passes(dataset, real_cluster, tmp_path):
     """Between passes the workers hold what the next pass needs: with W in memory that is
-    all of W (128 kB here); with W in files, only H and the sums. At most two generations
-    of W are on disk (the last one, and the one before for a pass run again)."""
+    all of W (128 kB here); with W in files, only H and the sums. Two generations of W are
+    on disk (the last one, and the one before for a pass run again)."""
     client = real_cluster.client
     W_bytes = N_SAMPLES * RANK * 8
     held: dict[bool, list[int]] = {False: [], True: []}
@@ -148,7 +148,7 @@ def test_workers_hold_no_W_between_passes(dataset, real_cluster, tmp_path):
                 checkpoint_every=100).fit(dataset[0], callback=during(store_W))
     assert min(held[False]) >= W_bytes
     assert max(held[True]) < W_bytes / 4
-    assert max(generations) <= 3 and generations[-1] >= 2
+    assert set(generations) == {2}
     # A pass's tasks depend on none of the previous pass's kernels (the next pass reads W
     # by name), so the scheduler forgets them: no chain of released tasks back to the start
     # (with one, ~2 more tasks per block each iteration: ~100 after 12 iterations; without,
