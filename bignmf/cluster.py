@@ -121,15 +121,20 @@ def close_embedded() -> None:
 atexit.register(close_embedded)
 
 
+def worker_info(client: Any | None) -> dict[str, dict[str, Any]]:
+    """The scheduler's information on each of the client's workers, by address; all of
+    them (some versions of distributed truncate the list unless asked for all)."""
+    if client is None:
+        return {}
+    try:
+        return dict(client.scheduler_info(n_workers=-1)["workers"])
+    except TypeError:
+        return dict(client.scheduler_info()["workers"])
+
+
 def _memory_limits(client: Any | None) -> list[int]:
     """Each worker's memory limit in bytes (0 for a worker without one)."""
-    if client is None:
-        return []
-    try:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-    except TypeError:
-        workers = client.scheduler_info()["workers"]
-    return [int(w.get("memory_limit") or 0) for w in workers.values()]
+    return [int(w.get("memory_limit") or 0) for w in worker_info(client).values()]
 
 
 def n_workers(client: Any | None) -> int:

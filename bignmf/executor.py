@@ -34,7 +34,7 @@ from dask._task_spec import DataNode, Task, TaskRef, convert_legacy_graph
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from bignmf.cluster import active_client
+from bignmf.cluster import active_client, worker_info
 from bignmf.passes import Sums, ZarrBlock, add_in_order, load_block, tree_sum
 from bignmf.scratch import LostBlock
 from bignmf.solvers import small_blas, thread_budget
@@ -255,8 +255,7 @@ class DaskExecutor:
         6:4, and each pass then took the time of 6 blocks.
         """
         with self.active():
-            client = active_client()
-            workers = sorted(client.scheduler_info()["workers"]) if client is not None else []
+            workers = sorted(worker_info(active_client()))
         spread = (dask.annotate(workers=lambda key: [workers[key[1] % len(workers)]],
                                 allow_other_workers=True)
                   if workers else contextlib.nullcontext())

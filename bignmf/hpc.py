@@ -46,6 +46,8 @@ from typing import Any
 
 import yaml
 
+from bignmf.cluster import worker_info
+
 logger = logging.getLogger(__name__)
 
 MODES = ("local", "address", "jobqueue", "batch")
@@ -310,10 +312,7 @@ def worker_job_script(profile: Any) -> str:
 
 
 def n_connected(client: Any) -> int:
-    try:  # newer distributed truncates the worker list unless asked for all
-        return len(client.scheduler_info(n_workers=-1)["workers"])
-    except TypeError:
-        return len(client.scheduler_info()["workers"])
+    return len(worker_info(client))
 
 
 def _job_ids(cluster: Any) -> list[str]:
