@@ -436,9 +436,11 @@ l1_ratio, verbose, shuffle
                 " init='custom' to use them as initialization.",
                 RuntimeWarning, stacklevel=3,
             )
-        scratch = None if compressed else self._scratch(ex, shape, dtype, k, checkpointer)
+        resident = self._keep_resident(ex)
+        scratch = None if compressed else self._scratch(ex, shape, dtype, k, checkpointer,
+                                                        resident)
         # Every check that reads no data is done: now V may be read into memory.
-        if self._keep_resident(ex):
+        if resident:
             ex.make_resident()
         try:
             result = self._run(ex, shape, dtype, k, init, W, H, compressed, checkpointer,
@@ -485,8 +487,9 @@ l1_ratio, verbose, shuffle
         return result
 
     def _scratch(self, ex: Any, shape: tuple[int, int], dtype: np.dtype, k: int,
-                 checkpointer: Checkpointer | None) -> Scratch | None:
-        """Where W is kept between passes, if not in the workers' memory (``store_W``)."""
+                 checkpointer: Checkpointer | None, resident: bool) -> Scratch | None:
+        """Where W is kept between passes, if not in the workers' memory (``store_W``;
+        ``resident``: V will be held in the workers' memory)."""
         if self.store_W is False:
             return None
         if self.store_W is True:
@@ -500,7 +503,7 @@ l1_ratio, verbose, shuffle
                     "embedded cluster a temporary folder is used; on the command line, "
                     "--checkpoint-every N checkpoints into the output store)")
         else:
-            if not isinstance(ex, DaskExecutor) or self._keep_resident(ex):
+            if not isinstance(ex, DaskExecutor) or resident:
                 return None
             limit = cluster.worker_memory_limit(ex.client)
             share = shape[0] * k * np.dtype(dtype).itemsize / cluster.n_workers(ex.client)
