@@ -84,7 +84,7 @@ from bignmf.fit import (
 from bignmf.init import Initial, nndsvd_from_svd, power_basis, random_factors
 from bignmf.losses import Penalty
 from bignmf.passes import HRule, Sums, check_stats, h_step, project_block
-from bignmf.solvers import hals, small_blas, thread_budget
+from bignmf.solvers import hals, mu, small_blas, thread_budget
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,8 @@ def fit_compressed(
 
         # The update of H and the objective are those of an exact iteration
         # (:func:`~bignmf.passes.h_step`) on the sketch's sums: ``W^T V ~ (Q^T W)^T B``.
-        rule = HRule("frobenius", hals.update, penalty, sweeps_H, sweep_tol, None, 2.0, 1.0)
+        rule = HRule("frobenius", hals.update, penalty, sweeps_H, sweep_tol, None, 2.0,
+                     mu.mm_exponent(2.0))
         HHt = rule.gram(H)
         while it < max_iter and not converged:
             it += 1
