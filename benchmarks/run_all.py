@@ -456,8 +456,7 @@ def section_ooc(client: Any, path: str, V: np.ndarray, k: int, a: argparse.Names
                                checkpoint=os.path.join(scratch, "ck.zarr"),
                                checkpoint_every=10**6))
         log(f"  round {rnd + 1}: read {runs_r[-1]['median']:.3f}s, iteration "
-            f"{runs_i[-1]['median']:.3f}s"
-            + (f", with W in files {runs_s[-1]['median']:.3f}s" if runs_s else ""))
+            f"{runs_i[-1]['median']:.3f}s, with W in files {runs_s[-1]['median']:.3f}s")
     shutil.rmtree(scratch, ignore_errors=True)
     rp, it = merge(runs_r), merge(runs_i)
     blocks = runs_r[0]["blocks"]
@@ -466,11 +465,10 @@ def section_ooc(client: Any, path: str, V: np.ndarray, k: int, a: argparse.Names
             "s/iteration / one read+decode pass", s(it), s(rp), *ratio_of(it, rp), "<= 1.25",
             lambda x: x <= 1.25)
     out = {"read": rp, "iteration": it, "blocks": blocks, "cold": cold}
-    if runs_s:
-        st = out["iteration_store_W"] = merge(runs_s)
-        tab.add("ooc", f"out of core, W in files between passes (store_W=True) / W in worker "
-                f"memory, s/iteration ({state}; W's I/O is 2k/n = {2 * k / V.shape[1]:.1%} "
-                "of V's)", s(st), s(it), *ratio_of(st, it), "(info)")
+    st = out["iteration_store_W"] = merge(runs_s)
+    tab.add("ooc", f"out of core, W in files between passes (store_W=True) / W in worker "
+            f"memory, s/iteration ({state}; W's I/O is 2k/n = {2 * k / V.shape[1]:.1%} "
+            "of V's)", s(st), s(it), *ratio_of(st, it), "(info)")
     out["io_bound"] = io_bound(client, path, W0, H0, k, a, tab)
     return out
 
