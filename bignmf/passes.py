@@ -32,7 +32,19 @@ def _combine(key: str) -> Callable[[Any, Any], Any]:
         return np.minimum
     if key.startswith("max"):
         return np.maximum
-    return np.add
+    return _add
+
+
+def _add(a: Any, b: Any) -> Any:
+    """``a + b``, in float64 when either is a narrower float: a kernel may return a sum in
+    the dtype it was computed in (``W_i^T V_i`` of a float32 V is a float32 product: its
+    float64 copy holds nothing more, and would double what goes between workers); sums of
+    several blocks are still accumulated in float64, to the same bits as from float64
+    parts."""
+    dtype = np.result_type(a, b)
+    if dtype.kind == "f" and dtype.itemsize < 8:
+        return np.add(a, b, dtype=np.float64)
+    return np.add(a, b)
 
 
 class Sums(dict[str, Any]):
@@ -322,8 +334,9 @@ def _incoming_W_terms(F: np.ndarray, P: np.ndarray, out: Sums) -> np.ndarray:
 
 def _new_W_sums(F: np.ndarray, X: Any, out: Sums) -> np.ndarray:
     """Into ``out``, what the update of H needs from the new ``W_i`` (``F``, k x r) and the
-    block ``X``: ``WtV`` (k x n), ``WtW``, ``W_sum``. Returns ``F`` in float64."""
-    out["WtV"] = _left(F, X).astype(np.float64, copy=False)
+    block ``X``: ``WtV`` (k x n, in the dtype of the product: see :func:`_add`), ``WtW``,
+    ``W_sum``. Returns ``F`` in float64."""
+    out["WtV"] = _left(F, X)
     with small_blas():
         F64 = F.astype(np.float64)
         out["WtW"] = F64 @ F64.T

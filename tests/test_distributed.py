@@ -39,9 +39,10 @@ from conftest import (
 )
 from dask.utils import key_split
 from distributed import Client, get_task_stream
+from numpy.testing import assert_array_equal
 
 from bignmf import NMF, checkpoint, cluster
-from bignmf.passes import FAN_IN, tree_sum
+from bignmf.passes import FAN_IN, Sums, tree_sum
 
 N_SAMPLES, N_FEATURES, RANK = 1200, 90, 4
 CHUNK_ROWS, BLOCK_ROWS = 100, 200  # 12 stored row chunks, 6 row blocks
@@ -411,6 +412,25 @@ def test_combine_tasks():
         assert total == sum(range(n)) and len(calls) == _combine_tasks(n)
         assert all(2 <= size <= FAN_IN for size in calls)
     assert [_combine_tasks(n) for n in (1, 2, 8, 9, 64, 1000)] == [0, 1, 1, 2, 9, 144]
+
+
+def test_float32_sums_accumulate_in_float64():
+    """A kernel's float32 ``W_i^T V_i`` goes between workers at half the bytes, and block
+    sums still add up in float64, to the bits of adding the parts' float64 copies; counts
+    stay integers."""
+    rng = np.random.default_rng(0)
+    parts = [Sums(WtV=rng.random((4, 7), dtype=np.float32) * 10.0 ** e, observed=np.int64(3))
+             for e in range(-3, 6)]
+    wide = [Sums(WtV=p["WtV"].astype(np.float64), observed=p["observed"]) for p in parts]
+    total, reference = tree_sum(parts), tree_sum(wide)
+    assert total["WtV"].dtype == np.float64
+    assert_array_equal(total["WtV"], reference["WtV"])
+    assert total["observed"] == 27 and np.asarray(total["observed"]).dtype.kind == "i"
+    # float32 addition would have lost the small parts: the test can fail.
+    narrow = parts[0]["WtV"]
+    for p in parts[1:]:
+        narrow = narrow + p["WtV"]
+    assert not np.array_equal(narrow.astype(np.float64), reference["WtV"])
 
 
 def _inner_combine_tasks(n_blocks: int) -> int:
