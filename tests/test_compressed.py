@@ -220,3 +220,33 @@ def test_invalid_combinations(params, match):
     est = NMF(2, **{"solver": "compressed", **params})
     with pytest.raises(InvalidParameterError, match=match):
         est.fit(np.ones((6, 4)))
+
+
+def test_benchmark_script_runs(tmp_path):
+    """``benchmarks/bench_compressed.py --quick`` runs as documented: it counts the
+    compressed fit's passes from the store's reads (within the solver's budget), runs the
+    exact fit (``tol=0``) until it reaches the compressed fit's objective, and works out from
+    the same trace where the default ``tol`` would have stopped it. Its timings are not
+    checked here (they are the benchmark's business)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_compressed.py"
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--skip-memory", "--tmpdir", str(tmp_path),
+         "--json", str(out)], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (r,) = json.loads(out.read_text()).values()
+    assert r["compressed"]["passes"] <= 1 + POWER_ITERATIONS + POLISH_ITER
+    exact = r["exact"]
+    assert r["exact_reached"] and exact["stopped"]
+    assert exact["objective"] <= r["compressed"]["objective"]
+    assert exact["passes"] == 2 + exact["n_iter"]  # NNDSVDA's 2, then one per iteration
+    default = r["exact_default_tol"]
+    if default is not None:  # where tol=1e-4 stops: an earlier iterate of the same trace
+        assert default["n_iter"] <= exact["n_iter"]
+        assert default["objective"] >= exact["objective"]
+    assert "| out of core (Zarr, threads) |" in proc.stdout
