@@ -320,6 +320,12 @@ def text_matrix(quick: bool) -> tuple[Any, str]:
 
 
 def section_sparse(a: argparse.Namespace, tab: Table) -> dict[str, Any]:
+    text = os.path.join(DATA, "text")
+    if not os.path.isdir(text):
+        log(f"\n== 1. sparse in memory: skipped, no text corpora in {text} ==")
+        tab.add("sparse", f"sparse in memory: skipped (the text corpora are not in {text}; "
+                "set BIGNMF_DATA to the shared data folder)", "", "", None)
+        return {"skipped": text}
     X, what = text_matrix(a.quick)
     k = a.sparse_k
     log(f"\n== 1. sparse in memory: {what}, k={k} ==")
