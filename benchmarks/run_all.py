@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The whole bignmf benchmark suite in one command: a table of ratios measured side by side.
 
-    python benchmarks/run_all.py                  # full (about 10 minutes on 2 cores)
-    python benchmarks/run_all.py --quick          # small sizes (1-2 minutes)
+    python benchmarks/run_all.py                  # full (about 7 minutes on 2 cores)
+    python benchmarks/run_all.py --quick          # small sizes (about 1 minute)
     python benchmarks/run_all.py --json out.json  # also save every raw timing
     python benchmarks/run_all.py --only dense,ooc # some sections (see --help)
 
@@ -14,7 +14,8 @@ Sections (issue 6):
 1. ``dense`` / ``sparse`` — in memory: bignmf's steady-state iteration against the NumPy
    GEMMs it needs (dense) or the SciPy products (sparse), and the wall time for bignmf to
    reach the error scikit-learn's ``cd`` reaches in 200 iterations (initialization
-   included); sparse on a real TF-IDF matrix (movie reviews, 2000 x 23784, 0.47M nnz).
+   included); sparse on a real TF-IDF matrix (movie reviews, 2000 x 23784, 0.47M nnz,
+   from ``../shared/data`` or ``$BIGNMF_DATA``; skipped, with a row saying so, without it).
 2. ``init`` — passes over V of the NNDSVD initialization, counted (not taken from the
    docs): bignmf's by counting block reads of a Zarr store, scikit-learn's by counting the
    full-size operations on V (products and reductions) of ``_initialize_nmf``.
@@ -22,7 +23,9 @@ Sections (issue 6):
    iteration (``sync; echo 1 > /proc/sys/vm/drop_caches``; root only, else it says so):
    iteration / one read+decode pass; then compressors and chunk sizes for the read pass.
 4. ``resident`` — iteration with ``resident=True`` / ``resident=False`` (page-cached).
-5. ``compressed`` — runs ``benchmarks/bench_compressed.py`` if it exists.
+5. ``compressed`` — runs ``benchmarks/bench_compressed.py`` if it exists (in its own
+   process, before the suite starts its clusters): compressed NMF against the exact fit run
+   until it reaches the same objective.
 6. ``overhead`` — dask tasks per iteration against the number of row blocks; the
    scheduler's overhead with 1000 row blocks; 2 workers against 1.
 7. ``memory`` — per-worker peak memory (VmHWM, reset before each fit) against block rows,
