@@ -925,15 +925,13 @@ def h_step(sums: Sums, H: np.ndarray, rule: HRule, *, sq_norm_V: float | None,
             loss_sq = beta_error(sums["div0"]) ** 2
             objectives.append(float(sums["div0"]) + penalty.value(
                 float(sums["W_sum0"].sum()), sums["W_sq0"], H))
-            # (A single block's products may be in V's dtype: the update is in float64.)
             denominator = sums.get("den_H")
             if denominator is None:  # Kullback-Leibler: W's column sums
                 W_sum = sums["W_sum"].copy()
                 W_sum[W_sum == 0] = 1.0
                 denominator = W_sum[:, None]
-            H = mu.beta_update(H, np.asarray(sums["num_H"], dtype=np.float64),
-                               np.asarray(denominator, dtype=np.float64), penalty.l1_H,
-                               penalty.l2_H, rule.gamma)
+            H = mu.beta_update(H, sums["num_H"], denominator, penalty.l1_H, penalty.l2_H,
+                               rule.gamma)
             if rule.beta <= 1:
                 H[H < TINY] = 0.0
             HHt = None
