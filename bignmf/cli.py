@@ -142,8 +142,8 @@ _FIT_OPTIONS = ("n_components", "init", "solver", "beta_loss", "missing", "max_i
 def _estimator(options: dict[str, Any], output: str | None) -> NMF:
     kw: dict[str, Any] = {key: options.get(key) for key in _FIT_OPTIONS}  # older stores lack some
     kw["beta_loss"] = kw["beta_loss"] or "frobenius"
-    kw["resident"] = {"yes": True, "no": False}.get(kw["resident"] or "auto", "auto")
-    kw["store_W"] = {"yes": True, "no": False}.get(kw["store_W"] or "auto", "auto")
+    for key in ("resident", "store_W"):  # auto | yes | no on the command line
+        kw[key] = {"yes": True, "no": False}.get(kw[key] or "auto", "auto")
     if kw["alpha_H"] != "same":
         kw["alpha_H"] = float(kw["alpha_H"])
     if kw["beta_loss"] not in BETA_LOSSES:
