@@ -96,17 +96,16 @@ def repeat_sweeps(
     change: the whole of ``F``, or each column on its own (:func:`sweep_columns`)."""
     if per_column and max_sweeps > 1:
         return sweep_columns(sweep, F, P, max_sweeps, sweep_tol)
-    track = max_sweeps > 1 and sweep_tol > 0
-    # One buffer for every sweep's copy (see :func:`sweep_columns`).
-    before = np.empty_like(F) if track else None
+    if max_sweeps == 1 or sweep_tol <= 0:  # a fixed number of sweeps: nothing to track
+        for _ in range(max_sweeps):
+            sweep(F, P)
+        return F, max_sweeps
+    before = np.empty_like(F)  # one buffer for every sweep's copy (see sweep_columns)
     first = 0.0
     sweeps = 0
     for sweeps in range(1, max_sweeps + 1):
-        if before is not None:
-            np.copyto(before, F)
+        np.copyto(before, F)
         sweep(F, P)
-        if before is None:
-            continue
         np.subtract(F, before, out=before)
         change = float(np.vdot(before, before))
         if sweeps == 1:
