@@ -341,11 +341,13 @@ class DaskExecutor:
     def start(self, keep: Sequence[Any], fetch: Any = None) -> Pending:
         """Start computing ``keep`` (kept where it is computed) and ``fetch``, in one graph;
         on a distributed cluster this returns at once and :meth:`Pending.result` waits."""
+        # An :meth:`item` is kept by keeping the whole result it is taken from.
+        whole = [x.obj if isinstance(x, _Item) else x for x in keep]
         with self.active():
-            if fetch is None:
-                return Pending(list(dask.persist(*keep)), lambda: None)
-            *kept, fetched = dask.persist(*keep, fetch)
-        return Pending(kept, lambda: self.value(fetched))
+            *done, fetched = dask.persist(*whole, fetch)
+        kept = [_Item(d, x.index) if isinstance(x, _Item) else d
+                for d, x in zip(done, keep, strict=True)]
+        return Pending(kept, lambda: None if fetch is None else self.value(fetched))
 
     def value(self, obj: Any) -> Any:
         """The value of a lazy object: gathered if it was persisted on a cluster."""
@@ -392,6 +394,9 @@ class DaskExecutor:
             return [dask.delayed(f) for f in futures]
 
     def assemble(self, blocks: Sequence[Any], n_cols: int, dtype: Any) -> da.Array:
+        taken = iter(_layer("getitem", [(operator.getitem, (b.obj, b.index), {})
+                                        for b in blocks if isinstance(b, _Item)]))
+        blocks = [next(taken) if isinstance(b, _Item) else b for b in blocks]
         parts = [
             da.from_delayed(b, shape=(stop - start, n_cols), dtype=dtype)
             for b, (start, stop) in zip(blocks, self.row_bounds, strict=True)

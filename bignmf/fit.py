@@ -253,7 +253,18 @@ def fit(
         else:
             outs = ex.map(stored(beta_step), ex.blocks(), W_in, *targets, H=H_in,
                           l1=penalty.l1_W, l2=penalty.l2_W, stats=stats is None, **beta_kw)
-        W_out = targets[0] if targets else ex.take(outs, 0)
+        if targets:
+            W_out = targets[0]
+        elif ex.lookahead:
+            # Passes started ahead (V resident): the next pass's kernels take W_i out of
+            # this pass's results inside their own tasks, on the worker that has them. A
+            # task per block to take it out ran, in some passes, only when the next kernel
+            # asked for it: a scheduler round trip (~6 ms) before each kernel of the pass.
+            # The results' k x n sums then live until the next pass's kernel: k / r of
+            # the resident block of V.
+            W_out = [ex.item(out, 0) for out in outs]
+        else:
+            W_out = ex.take(outs, 0)
         Hs_out = ex.reduce(sums_of(outs), h_step, H_in, rule,
                            sq_norm_V=None if stats is None else float(stats["sumsq"]),
                            first=first, order=order_H)

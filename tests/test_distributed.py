@@ -482,14 +482,16 @@ def test_tasks_per_iteration_grow_with_row_blocks_only(dataset, tmp_path, n_bloc
 
 
 def test_tasks_per_iteration_on_a_real_cluster(dataset, real_cluster):
-    """On the distributed scheduler ``3 * n_blocks + 2`` tasks plus the combining tree run
-    per iteration: per block one fused kernel (reading V) and the two outputs taken from
-    it, the tree's combine tasks but its root, the update of H and the loss taken from it
-    (counted from the scheduler's task stream: tasks of a 3-iteration fit minus those of a
-    1-iteration fit, over 2). The W blocks and H of the previous iteration are already in
-    the workers' memory, so they are not tasks here. With blocks whose W is no larger than
-    their sums (24 blocks of 50 rows here), the sums are not tasks of their own, and the fit
-    is the same as in memory."""
+    """On the distributed scheduler, with V resident (so passes start ahead),
+    ``2 * n_blocks + 2`` tasks plus the combining tree run per iteration: per block one
+    fused kernel (reading V) and the sums taken from it, the tree's combine tasks but its
+    root, the update of H and the loss taken from it (counted from the scheduler's task
+    stream: tasks of a 3-iteration fit minus those of a 1-iteration fit, over 2). The next
+    iteration's kernels take the new W blocks out of the kernels' results inside their own
+    tasks, and the W blocks and H of the previous iteration are already in the workers'
+    memory, so none of these are tasks. With blocks whose W is no larger than their sums
+    (24 blocks of 50 rows here), the sums are not tasks of their own either, and the fit is
+    the same as in memory."""
     path, X = dataset
     per_iteration = {}
     with real_cluster.client.as_current():
@@ -498,7 +500,7 @@ def test_tasks_per_iteration_on_a_real_cluster(dataset, real_cluster):
             for max_iter in (1, 3):
                 with get_task_stream(real_cluster.client) as stream:
                     est = NMF(**{**FIT, "max_iter": max_iter}, init="random",
-                              block_rows=N_SAMPLES // n_blocks).fit(path)
+                              block_rows=N_SAMPLES // n_blocks, resident=True).fit(path)
                 counts[max_iter] = Counter(key_split(t["key"]) for t in stream.data)
             diff = counts[3] - counts[1]
             per_iteration[n_blocks] = {k: v / 2 for k, v in diff.items()}
@@ -506,11 +508,11 @@ def test_tasks_per_iteration_on_a_real_cluster(dataset, real_cluster):
                             NMF(**{**FIT, "max_iter": 3}, init="random").fit(X).components_)
     for n_blocks, kinds in per_iteration.items():
         small = _small_W(N_SAMPLES // n_blocks, N_FEATURES, X.dtype.itemsize)
-        expected = {"frobenius_step": n_blocks, "getitem": (2 - small) * n_blocks + 1,
+        expected = {"frobenius_step": n_blocks, "getitem": (1 - small) * n_blocks + 1,
                     "add_in_order": _inner_combine_tasks(n_blocks), "h_step": 1}
         assert kinds == {key: v for key, v in expected.items() if v}, kinds
         assert sum(kinds.values()) == \
-            (3 - small) * n_blocks + 2 + _inner_combine_tasks(n_blocks)
+            (2 - small) * n_blocks + 2 + _inner_combine_tasks(n_blocks)
 
 
 @pytest.mark.parametrize("block_rows", [None, 250])
