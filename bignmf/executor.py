@@ -347,7 +347,9 @@ class DaskExecutor:
             *done, fetched = dask.persist(*whole, fetch)
         kept = [_Item(d, x.index) if isinstance(x, _Item) else d
                 for d, x in zip(done, keep, strict=True)]
-        return Pending(kept, lambda: None if fetch is None else self.value(fetched))
+        # (``fetched`` only: ``fetch``'s graph holds the futures of the pass's inputs, the
+        # previous W among them, and would keep them in memory as long as the pass.)
+        return Pending(kept, lambda: fetched if fetched is None else self.value(fetched))
 
     def value(self, obj: Any) -> Any:
         """The value of a lazy object: gathered if it was persisted on a cluster."""

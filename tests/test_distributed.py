@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from collections import Counter
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
 import psutil
 import pytest
@@ -42,6 +44,7 @@ from distributed import Client, get_task_stream
 from numpy.testing import assert_array_equal
 
 from bignmf import NMF, checkpoint, cluster
+from bignmf.executor import DaskExecutor
 from bignmf.passes import FAN_IN, Sums, tree_sum
 
 N_SAMPLES, N_FEATURES, RANK = 1200, 90, 4
@@ -431,6 +434,28 @@ def test_float32_sums_accumulate_in_float64():
     for p in parts[1:]:
         narrow = narrow + p["WtV"]
     assert not np.array_equal(narrow.astype(np.float64), reference["WtV"])
+
+
+def test_a_started_pass_does_not_hold_its_inputs(real_cluster):
+    """Once a pass is started, only the caller's references keep its inputs (the previous
+    W blocks) in the workers' memory: the fit drops them, so each block is freed once its
+    kernel has run. A started pass that kept the graph it was built from kept every input
+    until the whole pass was done: two generations of W at the peak of each pass."""
+    client = real_cluster.client
+    ex = DaskExecutor(da.ones((40, 3), chunks=(10, 3)), client=client)
+    for fetch in (True, False):
+        W_in = ex.put([np.full((10, 2), i, dtype=float) for i in range(4)])
+        keys = [w.key for w in W_in]
+        assert all(client.refcount.get(key) for key in keys)  # (the test can fail)
+        outs = ex.map(np.multiply, W_in, W_in)
+        pending = ex.start(outs, ex.total(outs) if fetch else None)
+        del W_in, outs
+        gc.collect()  # (delayed objects refer to each other in cycles)
+        assert not any(client.refcount.get(key) for key in keys)
+        kept, total = pending.result()
+        np.testing.assert_array_equal(ex.value(kept[3]), np.full((10, 2), 9.0))
+        if fetch:
+            np.testing.assert_array_equal(total, np.full((10, 2), 14.0))
 
 
 def _inner_combine_tasks(n_blocks: int) -> int:
