@@ -349,7 +349,7 @@ class DaskExecutor:
                 for d, x in zip(done, keep, strict=True)]
         # (``fetched`` only: ``fetch``'s graph holds the futures of the pass's inputs, the
         # previous W among them, and would keep them in memory as long as the pass.)
-        return Pending(kept, lambda: fetched if fetched is None else self.value(fetched))
+        return Pending(kept, lambda: self.value(fetched))  # (value(None) is None)
 
     def value(self, obj: Any) -> Any:
         """The value of a lazy object: gathered if it was persisted on a cluster."""
