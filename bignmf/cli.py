@@ -247,7 +247,7 @@ def _option_defaults() -> dict[str, Any]:
     """The defaults of ``bignmf fit``'s options, by name."""
     parser = argparse.ArgumentParser(add_help=False)
     _add_fit_options(parser)
-    return {action.dest: action.default for action in parser._actions}
+    return {key: parser.get_default(key) for key in _FIT_OPTIONS}
 
 
 def existing_fit(output: str, input: str, options: dict[str, Any]) -> dict[str, Any] | None:
