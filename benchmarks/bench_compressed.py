@@ -130,13 +130,6 @@ def default_stop(trace: list[tuple[float, float]], tol: float) -> int | None:
     return None
 
 
-def time_to(trace: list[tuple[float, float]], target: float) -> float | None:
-    for elapsed, objective in trace:
-        if objective <= target:
-            return elapsed
-    return None
-
-
 def compare(label: str, make_input: Any, k: int, count: Any, exact_max_iter: int,
             **params: Any) -> dict[str, Any]:
     from bignmf.compressed import POWER_ITERATIONS
@@ -157,7 +150,8 @@ def compare(label: str, make_input: Any, k: int, count: Any, exact_max_iter: int
     exact["passes"] = count() - before
     log(f"[{label}] exact: {exact['seconds']:.2f}s, {exact['n_iter']} iterations, "
         f"objective {exact['objective']:.8g}, {exact['passes']} passes over V")
-    reached = time_to(exact["trace"], comp["objective"])
+    # (its callback stopped it at the first iteration at or below the target: that time)
+    reached = exact["seconds"] if exact["stopped"] else None
     # Where the default tol (1e-4) would have stopped the same exact fit.
     stop = default_stop(exact["trace"], 1e-4)
     default = ({"n_iter": stop, "seconds": exact["trace"][stop - 1][0],
