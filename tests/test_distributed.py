@@ -453,9 +453,9 @@ def test_a_started_pass_does_not_hold_its_inputs(real_cluster):
         gc.collect()  # (delayed objects refer to each other in cycles)
         assert not any(client.refcount.get(key) for key in keys)
         kept, total = pending.result()
-        np.testing.assert_array_equal(ex.value(kept[3]), np.full((10, 2), 9.0))
+        assert_array_equal(ex.value(kept[3]), np.full((10, 2), 9.0))
         if fetch:
-            np.testing.assert_array_equal(total, np.full((10, 2), 14.0))
+            assert_array_equal(total, np.full((10, 2), 14.0))
 
 
 def _inner_combine_tasks(n_blocks: int) -> int:
