@@ -78,9 +78,10 @@ class Table:
 
     def add(self, section: str, measure: str, bignmf: str, reference: str,
             ratio: float | None, ratio_min: float | None = None, target: str = "",
-            ok: Callable[[float], bool] | None = None, unit: str = "x") -> None:
+            ok: Callable[[float], bool] | None = None, unit: str = "x",
+            digits: int = 2) -> None:
         met = "" if ok is None or ratio is None else ("yes" if ok(ratio) else "**no**")
-        text = "n/a" if ratio is None else f"{ratio:.2f}{unit}"
+        text = "n/a" if ratio is None else f"{ratio:.{digits}f}{unit}"
         if ratio_min is not None:
             text += f" ({ratio_min:.2f})"
         self.rows.append({"section": section, "measure": measure, "bignmf": bignmf,
@@ -358,7 +359,38 @@ def section_sparse(a: argparse.Namespace, tab: Table) -> dict[str, Any]:
             s(out["sklearn_cd"], 4), s(out["spmm"], 4), *ratio_of(out["sklearn_cd"],
                                                                    out["spmm"]))
     out["to_error"] = time_to_error(X, k, a, tab, "sparse", ">= 2x", 2.0)
+    out["minima"] = local_minima(X, k, a, tab, "sparse")
     return out
+
+
+def local_minima(V: Any, k: int, a: argparse.Namespace, tab: Table,
+                 label: str) -> dict[str, Any]:
+    """Where each method ends from ``a.minima_seeds`` seeds: scikit-learn cd after
+    ``ref_iter`` iterations (as in :func:`time_to_error`), bignmf converged (``tol=0``,
+    ``a.minima_iter`` iterations, its own NNDSVDA), both errors recomputed in float64.
+
+    On the text matrix the local minimum a fit settles in depends on the seed, for
+    scikit-learn as for bignmf: whether one seed's bignmf fit crosses one seed's
+    scikit-learn error is a draw. The medians over seeds compare the methods instead."""
+    from bignmf import NMF
+
+    seeds = list(range(a.seed, a.seed + a.minima_seeds))
+    sk, b = [], []
+    for sd in seeds:  # interleaved, one seed of each at a time
+        sk.append(core.sklearn_to_target(V, k, "cd", a.ref_iter, sd, err_fn=sq_err)["err"])
+        est = NMF(n_components=k, tol=0.0, max_iter=a.minima_iter, random_state=sd)
+        with quiet():
+            W = est.fit_transform(V)
+        b.append(sq_err(V, W, est.components_))
+        log(f"  [{label}] seed {sd}: scikit-learn cd {a.ref_iter} it {sk[-1]:.7g}, bignmf "
+            f"{a.minima_iter} it {b[-1]:.7g}")
+    med_sk, med_b = float(np.median(sk)), float(np.median(b))
+    tab.add(label, f"{label} in memory: error where each method ends, median over seeds "
+            f"{seeds[0]}-{seeds[-1]} (scikit-learn cd after {a.ref_iter} iterations: "
+            f"{min(sk):.7g} to {max(sk):.7g}; bignmf after {a.minima_iter}, tol=0, its own "
+            f"NNDSVDA: {min(b):.7g} to {max(b):.7g}) — bignmf / sklearn",
+            f"{med_b:.7g}", f"{med_sk:.7g}", med_b / med_sk, None, "(info)", digits=5)
+    return {"seeds": seeds, "sklearn": sk, "bignmf": b}
 
 
 # --------------------------------------------------------------------------- 2. init passes
@@ -924,6 +956,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.gemm_reps = 3
     a.error_rounds = 1 if q else 2
     a.ref_iter = 200
+    a.minima_seeds = 2 if q else 5
+    a.minima_iter = 300
     a.chunk_rows = 500 if q else 1000
     a.codec_chunks = [500] if q else [250, 1000, 4000]
     a.codec_shape = (4000, 1000) if q else (20000, 2000)
