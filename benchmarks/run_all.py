@@ -943,6 +943,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="also cProfile one in-memory bignmf fit (dense) and print the top")
     p.add_argument("--tmpdir", default=None, help="where Zarr stores are written")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minima-seeds", type=int, default=None, metavar="N",
+                   help="seeds for where each method ends on the sparse text (default 5; "
+                   "2 with --quick)")
     a = p.parse_args(argv)
     q = a.quick
     a.only = [x.strip() for x in a.only.split(",") if x.strip()]
@@ -956,7 +959,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.gemm_reps = 3
     a.error_rounds = 1 if q else 2
     a.ref_iter = 200
-    a.minima_seeds = 2 if q else 5
+    a.minima_seeds = a.minima_seeds or (2 if q else 5)
     a.minima_iter = 300
     a.chunk_rows = 500 if q else 1000
     a.codec_chunks = [500] if q else [250, 1000, 4000]
