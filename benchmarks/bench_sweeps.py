@@ -8,10 +8,11 @@
 
 The default ``inner_sweeps='auto'`` repeats the HALS sweeps over the components up to
 ``1 + cost / 2`` times (cost: forming an update's products over one sweep, ``n / k`` for
-W), at most 10, until a sweep changes the factor by less than 0.1 of the first sweep's
-change (Gillis & Glineur 2012). More sweeps make an iteration longer and the fit need fewer
-of them. For each setting (1, 3, 5, 10, 20 sweeps exactly, and ``'auto'``) this prints, in
-memory, from bignmf's own NNDSVDA start (``random_state`` 0):
+W, times the share of V's entries that are non-zero), at most 20, until a sweep changes the
+factor by less than 0.01 of the first sweep's change (Gillis & Glineur 2012). More sweeps
+make an iteration longer and the fit need fewer of them. For each setting (1, 3, 5, 10, 20
+sweeps exactly, and ``'auto'``) this prints, in memory, from bignmf's own NNDSVDA start
+(``random_state`` 0):
 
 * dense ``V = W H + 10% noise`` (float32, as ``run_all.py``): seconds per iteration
   (steady state), and the iterations and seconds (initialization included) until the error
@@ -105,31 +106,28 @@ def table(title: str, rows: list[dict[str, Any]], levels: list[str], ref: float)
     return "\n".join(out)
 
 
-#: Candidate rules for ``inner_sweeps='auto'``: (name, cap, stopping fraction, whether a
-#: sparse V's products are costed by its stored entries). The first is bignmf's default.
-RULES = [("default: 10, 0.1", 10, 0.1, False), ("20, 0.01", 20, 0.01, False),
+#: Candidate rules for ``inner_sweeps='auto'``: (name, cap, stopping fraction, whether the
+#: products' cost is scaled by V's non-zero share). The first was bignmf's default until
+#: 2026-12-01, the fifth is its default since.
+RULES = [("10, 0.1 (old default)", 10, 0.1, False), ("20, 0.01", 20, 0.01, False),
          ("10, 0.01, nnz", 10, 0.01, True), ("20, 0.1, nnz", 20, 0.1, True),
-         ("20, 0.01, nnz", 20, 0.01, True), ("30, 0.01, nnz", 30, 0.01, True)]
+         ("20, 0.01, nnz (default)", 20, 0.01, True), ("30, 0.01, nnz", 30, 0.01, True)]
 
 
 @contextlib.contextmanager
-def auto_rule(cap: int, tol: float, stored_fraction: float) -> Iterator[None]:
-    """``inner_sweeps='auto'`` with another cap and stopping fraction, and the products'
-    cost scaled by ``stored_fraction``, for the fits of this process."""
+def auto_rule(cap: int, tol: float, nnz: bool) -> Iterator[None]:
+    """``inner_sweeps='auto'`` with another cap and stopping fraction, with or without the
+    products' cost scaled by V's non-zero share, for the HALS fits of this process."""
     import bignmf.fit as bf
 
-    saved = bf.MAX_AUTO_SWEEPS, bf.SWEEP_TOL, bf.auto_sweeps
-    rule = bf.auto_sweeps
+    saved = bf.MAX_AUTO_SWEEPS, bf.SWEEP_TOL, bf.nonzero_share
     bf.MAX_AUTO_SWEEPS, bf.SWEEP_TOL = cap, tol
-
-    def scaled(inner_sweeps: int | str, cost_ratio: float) -> int:
-        return rule(inner_sweeps, cost_ratio * stored_fraction)
-
-    bf.auto_sweeps = scaled
+    if not nnz:
+        bf.nonzero_share = lambda stats, shape: 1.0
     try:
         yield
     finally:
-        bf.MAX_AUTO_SWEEPS, bf.SWEEP_TOL, bf.auto_sweeps = saved
+        bf.MAX_AUTO_SWEEPS, bf.SWEEP_TOL, bf.nonzero_share = saved
 
 
 def rule_matrices() -> list[tuple[str, Any, int, float]]:
@@ -169,10 +167,9 @@ def compare_rules() -> tuple[str, list[dict[str, Any]]]:
              "|---|---|---:|" + "---:|" * len(fractions)]
     raw = []
     for name, V, k, seconds in rule_matrices():
-        stored = V.nnz / (V.shape[0] * V.shape[1]) if sp.issparse(V) else 1.0
         traces = {}
         for rule, cap, tol, nnz in RULES:
-            with auto_rule(cap, tol, stored if nnz else 1.0):
+            with auto_rule(cap, tol, nnz):
                 traces[rule] = [core.bignmf_to_target(V, k, 0.0, seconds, 10**6, seed)["trace"]
                                 for seed in range(3)]
         best = min(tr[-1][2] for runs in traces.values() for tr in runs)

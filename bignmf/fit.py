@@ -26,7 +26,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,13 +41,18 @@ from bignmf.solvers import get_solver, mu
 
 logger = logging.getLogger(__name__)
 
-#: Cap on the solver sweeps per pass when ``inner_sweeps='auto'``.
-MAX_AUTO_SWEEPS = 10
+#: Cap on the HALS sweeps per update when ``inner_sweeps='auto'``. More sweeps per pass keep
+#: paying off past 10 on dense V (``python benchmarks/bench_sweeps.py --rules``); out of core
+#: they are nearly free beside the read of V, and each iteration they save is a pass.
+MAX_AUTO_SWEEPS = 20
 #: Consecutive recoveries from lost data before the fit gives up.
 MAX_RECOVERIES = 3
-#: Gillis & Glineur's epsilon: stop sweeping once a sweep changes the factor by less
-#: than this fraction of the first sweep's change.
-SWEEP_TOL = 0.1
+#: Gillis & Glineur's epsilon for HALS: stop sweeping once a sweep changes the factor by
+#: less than this fraction of the first sweep's change. (0.1 stopped many rows early: on
+#: dense V the fit took 33 iterations to an error that 10 sweeps each reached in 22.)
+SWEEP_TOL = 0.01
+#: The same two for the multiplicative updates (``solver='mu'``), which were not re-measured.
+MU_MAX_AUTO_SWEEPS, MU_SWEEP_TOL = 10, 0.1
 
 
 @dataclass(frozen=True)
@@ -76,15 +81,30 @@ class FitResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def auto_sweeps(inner_sweeps: int | str, cost_ratio: float) -> int:
+def auto_sweeps(inner_sweeps: int | str, cost_ratio: float, cap: int | None = None) -> int:
     """Sweeps per pass: ``1 + cost_ratio / 2`` capped (Gillis & Glineur's rule), or as given.
 
     ``cost_ratio`` is the cost of forming the products over the cost of one sweep —
-    ``n / k`` for W and ``m / k`` for H.
+    ``n / k`` for W and ``m / k`` for H, times the share of V's entries that are non-zero
+    (:func:`nonzero_share`). ``cap``: at most this many (default ``MAX_AUTO_SWEEPS``).
     """
     if inner_sweeps != "auto":
         return int(inner_sweeps)
-    return int(min(MAX_AUTO_SWEEPS, 1 + cost_ratio / 2))
+    return int(min(MAX_AUTO_SWEEPS if cap is None else cap, 1 + cost_ratio / 2))
+
+
+def nonzero_share(stats: Sums | None, shape: tuple[int, int]) -> float:
+    """The share of V's entries that are non-zero, from the first pass's ``stats`` (1 before
+    any pass has counted them).
+
+    The products of a sparse V cost ``2 nnz k``, not ``2 m n k``, while a sweep costs the
+    same, so the sweep rule scales its cost ratio by this share. It is counted from the
+    values, not from the storage, so that the same matrix gives the same sweeps, and the same
+    iterates, dense or sparse; a dense-stored V with many zeros then gets the fewer sweeps
+    of its sparse form."""
+    if not stats or "nnz" not in stats:
+        return 1.0
+    return max(1, int(stats["nnz"])) / (shape[0] * shape[1])
 
 
 def fit(
@@ -139,13 +159,20 @@ def fit(
     rng = check_random_state(random_state) if shuffle else None
     if resume is not None and rng is not None and resume.rng_state is not None:
         rng.set_state(resume.rng_state)
-    sweeps_W = auto_sweeps(inner_sweeps, n / k)
-    sweeps_H = auto_sweeps(inner_sweeps, m / k)
-    sweep_tol = SWEEP_TOL if inner_sweeps == "auto" else 0.0
-
     kind = update_kind(beta, missing, solver)
+    cap, sweep_tol = (MU_MAX_AUTO_SWEEPS, MU_SWEEP_TOL) if solver == "mu" else (
+        MAX_AUTO_SWEEPS, SWEEP_TOL)
+    sweep_tol = sweep_tol if inner_sweeps == "auto" else 0.0
+
+    def sweeps(stats: Sums | None) -> tuple[int, int]:
+        """Sweeps on W and on H; masks make the products cost more than the sweeps, not
+        less (per-column Gram matrices): their ratio stays that of dense V."""
+        share = nonzero_share(stats, shape) if kind == "frobenius" else 1.0
+        return (auto_sweeps(inner_sweeps, share * n / k, cap),
+                auto_sweeps(inner_sweeps, share * m / k, cap))
+
     gamma = mu.mm_exponent(beta)
-    rule = HRule(kind, update, penalty, sweeps_H, sweep_tol, missing, beta, gamma)
+    rule = HRule(kind, update, penalty, sweeps(None)[1], sweep_tol, missing, beta, gamma)
     W_blocks, H, stats = initial.W_blocks, initial.H, initial.stats
     # The fit owns the blocks from here: each is released once its successor exists, not
     # kept alive by the caller's ``initial`` for the whole fit.
@@ -236,6 +263,8 @@ def fit(
         targets = [scratch.targets(i)] if scratch is not None else []
         order_W = rng.permutation(k) if rng is not None else None
         order_H = rng.permutation(k) if rng is not None else None
+        # (a fit whose initialization read no V counts V's non-zeros in its first pass)
+        sweeps_W, sweeps_H = sweeps(stats)
         H_in, HHt = ex.forward(Hs_in, 0, 1)
         if kind == "masked_hals":
             outs = ex.map(
@@ -265,7 +294,7 @@ def fit(
             W_out = [ex.item(out, 0) for out in outs]
         else:
             W_out = ex.take(outs, 0)
-        Hs_out = ex.reduce(sums_of(outs), h_step, H_in, rule,
+        Hs_out = ex.reduce(sums_of(outs), h_step, H_in, replace(rule, sweeps=sweeps_H),
                            sq_norm_V=None if stats is None else float(stats["sumsq"]),
                            first=first, order=order_H)
         pending = ex.start([*W_out, Hs_out], ex.take([Hs_out], 2)[0])
