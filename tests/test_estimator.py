@@ -245,6 +245,37 @@ def test_issue_example_image(tmp_path, image):
 
 
 # ---------------------------------------------------------------- invariants
+def _sweeps_asked(monkeypatch: pytest.MonkeyPatch, X, **params) -> dict[str, set[int]]:
+    """The most sweeps each HALS update of a fit was allowed: on W's blocks and on H."""
+    from bignmf import solvers
+    from bignmf.solvers import hals
+
+    asked: dict[str, set[int]] = {"W": set(), "H": set()}
+
+    def update(F, P, G, l1=0.0, l2=0.0, max_sweeps=1, *args, **kwargs):
+        asked["H" if F.shape[1] == X.shape[1] else "W"].add(max_sweeps)
+        return hals.update(F, P, G, l1, l2, max_sweeps, *args, **kwargs)
+
+    monkeypatch.setitem(solvers._SOLVERS, "cd", update)
+    NMF(5, init="nndsvda", random_state=0, max_iter=3, tol=0, **params).fit(X)
+    return asked
+
+
+def test_auto_sweeps_follow_the_cost_of_the_products(monkeypatch):
+    """``inner_sweeps='auto'``: up to ``1 + rho / 2`` sweeps, rho the products' cost over a
+    sweep's (``n / k`` for W, ``m / k`` for H, times V's non-zero share), at most 20. A 1%
+    non-zero V gets one sweep each; the same values stored dense get the same sweeps (the
+    share is counted from the values, so both give the same iterates); a full V gets 20."""
+    rng = np.random.default_rng(0)
+    X = sp.random(400, 300, density=0.01, random_state=rng, format="csr", dtype=np.float64)
+    X.data += 0.5  # (no stored zeros)
+    assert _sweeps_asked(monkeypatch, X) == {"W": {1}, "H": {1}}
+    assert _sweeps_asked(monkeypatch, X.toarray()) == {"W": {1}, "H": {1}}
+    full = rng.random((400, 300)) + 0.1
+    assert _sweeps_asked(monkeypatch, full) == {"W": {20}, "H": {20}}
+    assert _sweeps_asked(monkeypatch, full, inner_sweeps=3) == {"W": {3}, "H": {3}}
+
+
 @pytest.mark.parametrize("inner_sweeps", ["auto", 1, 3])
 @pytest.mark.parametrize("solver", ["cd", "mu"])
 @pytest.mark.parametrize("penalty", [{}, dict(alpha_W=0.01, l1_ratio=0.5)])
