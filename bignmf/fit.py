@@ -51,7 +51,8 @@ MAX_RECOVERIES = 3
 #: less than this fraction of the first sweep's change. (0.1 stopped many rows early: on
 #: dense V the fit took 33 iterations to an error that 10 sweeps each reached in 22.)
 SWEEP_TOL = 0.01
-#: The same two for the multiplicative updates (``solver='mu'``), which were not re-measured.
+#: The same two for the multiplicative updates (``solver='mu'``), which were not re-measured
+#: (their cost ratio is scaled by V's non-zero share as HALS's is).
 MU_MAX_AUTO_SWEEPS, MU_SWEEP_TOL = 10, 0.1
 
 
