@@ -359,25 +359,29 @@ def section_sparse(a: argparse.Namespace, tab: Table) -> dict[str, Any]:
             s(out["sklearn_cd"], 4), s(out["spmm"], 4), *ratio_of(out["sklearn_cd"],
                                                                    out["spmm"]))
     out["to_error"] = time_to_error(X, k, a, tab, "sparse", ">= 2x", 2.0)
-    out["minima"] = local_minima(X, k, a, tab, "sparse")
+    # (scikit-learn's fit from a.seed has just run: its error is reused)
+    known = {a.seed: out["to_error"]["sklearn"][0]["err"]}
+    out["minima"] = local_minima(X, k, a, tab, "sparse", known)
     return out
 
 
-def local_minima(V: Any, k: int, a: argparse.Namespace, tab: Table,
-                 label: str) -> dict[str, Any]:
+def local_minima(V: Any, k: int, a: argparse.Namespace, tab: Table, label: str,
+                 known: dict[int, float]) -> dict[str, Any]:
     """Where each method ends from ``a.minima_seeds`` seeds: scikit-learn cd after
     ``ref_iter`` iterations (as in :func:`time_to_error`), bignmf converged (``tol=0``,
     ``a.minima_iter`` iterations, its own NNDSVDA), both errors recomputed in float64.
 
     On the text matrix the local minimum a fit settles in depends on the seed, for
     scikit-learn as for bignmf: whether one seed's bignmf fit crosses one seed's
-    scikit-learn error is a draw. The medians over seeds compare the methods instead."""
+    scikit-learn error is a draw. The medians over seeds compare the methods instead.
+    ``known``: scikit-learn's errors by seed already measured (the same fits)."""
     from bignmf import NMF
 
     seeds = list(range(a.seed, a.seed + a.minima_seeds))
     sk, b = [], []
     for sd in seeds:  # interleaved, one seed of each at a time
-        sk.append(core.sklearn_to_target(V, k, "cd", a.ref_iter, sd, err_fn=sq_err)["err"])
+        sk.append(known[sd] if sd in known else
+                  core.sklearn_to_target(V, k, "cd", a.ref_iter, sd, err_fn=sq_err)["err"])
         est = NMF(n_components=k, tol=0.0, max_iter=a.minima_iter, random_state=sd)
         with quiet():
             W = est.fit_transform(V)
