@@ -82,16 +82,16 @@ class FitResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def auto_sweeps(inner_sweeps: int | str, cost_ratio: float, cap: int | None = None) -> int:
+def auto_sweeps(inner_sweeps: int | str, cost_ratio: float, cap: int) -> int:
     """Sweeps per pass: ``1 + cost_ratio / 2`` capped (Gillis & Glineur's rule), or as given.
 
     ``cost_ratio`` is the cost of forming the products over the cost of one sweep —
     ``n / k`` for W and ``m / k`` for H, times the share of V's entries that are non-zero
-    (:func:`nonzero_share`). ``cap``: at most this many (default ``MAX_AUTO_SWEEPS``).
+    (:func:`nonzero_share`); at most ``cap``.
     """
     if inner_sweeps != "auto":
         return int(inner_sweeps)
-    return int(min(MAX_AUTO_SWEEPS if cap is None else cap, 1 + cost_ratio / 2))
+    return int(min(cap, 1 + cost_ratio / 2))
 
 
 def nonzero_share(stats: Sums | None, shape: tuple[int, int]) -> float:
@@ -161,9 +161,9 @@ def fit(
     if resume is not None and rng is not None and resume.rng_state is not None:
         rng.set_state(resume.rng_state)
     kind = update_kind(beta, missing, solver)
-    cap, sweep_tol = (MU_MAX_AUTO_SWEEPS, MU_SWEEP_TOL) if solver == "mu" else (
-        MAX_AUTO_SWEEPS, SWEEP_TOL)
-    sweep_tol = sweep_tol if inner_sweeps == "auto" else 0.0
+    cap, auto_tol = ((MU_MAX_AUTO_SWEEPS, MU_SWEEP_TOL) if solver == "mu"
+                     else (MAX_AUTO_SWEEPS, SWEEP_TOL))
+    sweep_tol = auto_tol if inner_sweeps == "auto" else 0.0
 
     def sweeps(stats: Sums | None) -> tuple[int, int]:
         """Sweeps on W and on H; masks make the products cost more than the sweeps, not
