@@ -854,9 +854,10 @@ def _entry_grams(pattern: sp.csr_matrix, X: np.ndarray, *, by_row: bool) -> np.n
 
 @dataclass(frozen=True)
 class HRule:
-    """How a fit updates H from a pass's sums (fixed for the fit): the kernel ``kind``
+    """How a fit updates H from a pass's sums: the kernel ``kind``
     (:func:`bignmf.fit.update_kind`), the solver's ``update``, the penalty, the sweeps and their
-    stopping, and the beta loss."""
+    stopping, and the beta loss. All fixed for the fit but ``sweeps``, which the fit sets
+    per iteration (they follow V's non-zero share once a pass has counted it)."""
 
     kind: str
     update: Callable[..., tuple[np.ndarray, int]]
