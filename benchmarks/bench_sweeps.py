@@ -33,7 +33,8 @@ swimmer images, a Brahms spectrogram (Frobenius), the 10x counts (sparse), and t
 TF-IDF matrices. Each rule fits each matrix from 3 seeds for a fixed time; the table gives
 the median over seeds of ``error / best - 1`` (best: the lowest error any fit of that matrix
 reached) at 1/8, 1/4, 1/2 and all of the time. The rules are set on this process's
-``bignmf.fit`` (in-memory fits run here), not through the public API.
+``bignmf.solvers`` and ``bignmf.fit`` (in-memory fits run here), not through the public
+API.
 
 Only ratios taken in this run mean anything. Nothing is asserted.
 """
@@ -119,15 +120,18 @@ def auto_rule(cap: int, tol: float, nnz: bool) -> Iterator[None]:
     """``inner_sweeps='auto'`` with another cap and stopping fraction, with or without the
     products' cost scaled by V's non-zero share, for the HALS fits of this process."""
     import bignmf.fit as bf
+    import bignmf.solvers as bs
 
-    saved = bf.MAX_AUTO_SWEEPS, bf.SWEEP_TOL, bf.nonzero_share
-    bf.MAX_AUTO_SWEEPS, bf.SWEEP_TOL = cap, tol
+    saved = dict(bs._SWEEP_RULES), bf.nonzero_share
+    for name in ("cd", "hals"):
+        bs._SWEEP_RULES[name] = bs.SweepRule(cap, tol)
     if not nnz:
         bf.nonzero_share = lambda stats, shape: 1.0
     try:
         yield
     finally:
-        bf.MAX_AUTO_SWEEPS, bf.SWEEP_TOL, bf.nonzero_share = saved
+        bs._SWEEP_RULES.update(saved[0])
+        bf.nonzero_share = saved[1]
 
 
 def rule_matrices() -> list[tuple[str, Any, int, float]]:

@@ -75,7 +75,6 @@ from bignmf.executor import Eager
 from bignmf.fit import (
     FitResult,
     IterationInfo,
-    auto_sweeps,
     fit,
     report,
     stopping,
@@ -83,17 +82,18 @@ from bignmf.fit import (
 from bignmf.init import Initial, nndsvd_from_svd, power_basis, random_factors
 from bignmf.losses import Penalty
 from bignmf.passes import HRule, Sums, check_stats, h_step, project_block
-from bignmf.solvers import hals, mu, small_blas, thread_budget
+from bignmf.solvers import SweepRule, hals, mu, small_blas, thread_budget
 
 logger = logging.getLogger(__name__)
 
 #: Power iterations of the range finder (one pass over V each).
 POWER_ITERATIONS = 2
-#: The sweep rule of the compressed iterations (``inner_sweeps='auto'``): at most this many
-#: HALS sweeps per update, stopping at this fraction of the first sweep's change. The exact
-#: fit's rule (:mod:`bignmf.fit`, 20 and 0.01) ended this phase further from the exact
-#: objective on low rank plus noise (0.2% above instead of 0.4% below): kept at 10 and 0.1.
-MAX_AUTO_SWEEPS, SWEEP_TOL = 10, 0.1
+#: The sweep rule of the compressed iterations (``inner_sweeps='auto'``): at most 10 HALS
+#: sweeps per update, stopping at 0.1 of the first sweep's change. The exact fit's rule
+#: (:data:`bignmf.solvers.hals.AUTO_SWEEPS`, 20 and 0.01) ended this phase further from the
+#: exact objective on low rank plus noise (0.2% above instead of 0.4% below). The
+#: polishing passes are exact iterations and take the exact fit's rule.
+SKETCH_SWEEPS = SweepRule(cap=10, tol=0.1)
 #: Exact HALS iterations after the compressed ones (one pass over V each).
 POLISH_ITER = 3
 #: Sketch width ``l = max(2k, k + OVERSAMPLES)``, capped at ``min(m, n)``.
@@ -191,9 +191,9 @@ def fit_compressed(
     Omega = rng.standard_normal(size=(n, l))
     Y_blocks, sums, stats = _range_finder(ex, Omega, power_iterations)
     sq_norm_V = float(stats["sumsq"])
-    sweeps_W = auto_sweeps(inner_sweeps, n / k, MAX_AUTO_SWEEPS)
-    sweeps_H = auto_sweeps(inner_sweeps, m / k, MAX_AUTO_SWEEPS)
-    sweep_tol = SWEEP_TOL if inner_sweeps == "auto" else 0.0
+    sweeps_W = SKETCH_SWEEPS.sweeps(inner_sweeps, n / k)
+    sweeps_H = SKETCH_SWEEPS.sweeps(inner_sweeps, m / k)
+    sweep_tol = SKETCH_SWEEPS.stop(inner_sweeps)
     order_rng = check_random_state(random_state) if shuffle else None
     total_iter = max_iter + polish_iter
     history: list[float] = []
@@ -225,7 +225,7 @@ def fit_compressed(
 
         # The update of H and the objective are those of an exact iteration
         # (:func:`~bignmf.passes.h_step`) on the sketch's sums: ``W^T V ~ (Q^T W)^T B``.
-        rule = HRule("frobenius", hals.update, penalty, sweeps_H, sweep_tol, None, 2.0,
+        rule = HRule("frobenius", hals.update, penalty, sweep_tol, None, 2.0,
                      mu.mm_exponent(2.0))
         HHt = rule.gram(H)
         while it < max_iter and not converged:
@@ -246,8 +246,8 @@ def fit_compressed(
                 step.update(cross0=float(np.vdot(sums["QtW0"].T @ B, H64)),
                             quad0=float(np.vdot(sums["WtW0"], HHt)), W_sum0=sums["W_sum0"],
                             W_sq0=float(np.trace(sums["WtW0"])))
-            H, HHt, info = h_step(step, H, rule, sq_norm_V=sq_norm_V, first=first,
-                                  order=order_H)
+            H, HHt, info = h_step(step, H, rule, sweeps=sweeps_H, sq_norm_V=sq_norm_V,
+                                  first=first, order=order_H)
             history.extend(info["objectives"])
             loss_sq = info["loss_sq"]
             decrease, converged = stopping(history, tol)

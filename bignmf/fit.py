@@ -26,7 +26,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,23 +37,12 @@ from bignmf.init import Initial
 from bignmf.losses import Penalty, beta_error
 from bignmf.passes import HRule, Sums, beta_step, frobenius_step, h_step, masked_hals_step
 from bignmf.scratch import Scratch, Spilling, loaded
-from bignmf.solvers import get_solver, mu
+from bignmf.solvers import get_solver, mu, sweep_rule
 
 logger = logging.getLogger(__name__)
 
-#: Cap on the HALS sweeps per update when ``inner_sweeps='auto'``. More sweeps per pass keep
-#: paying off past 10 on dense V (``python benchmarks/bench_sweeps.py --rules``); out of core
-#: they are nearly free beside the read of V, and each iteration they save is a pass.
-MAX_AUTO_SWEEPS = 20
 #: Consecutive recoveries from lost data before the fit gives up.
 MAX_RECOVERIES = 3
-#: Gillis & Glineur's epsilon for HALS: stop sweeping once a sweep changes the factor by
-#: less than this fraction of the first sweep's change. (0.1 stopped many rows early: on
-#: dense V the fit took 33 iterations to an error that 10 sweeps each reached in 22.)
-SWEEP_TOL = 0.01
-#: The same two for the multiplicative updates (``solver='mu'``), which were not re-measured
-#: (their cost ratio is scaled by V's non-zero share as HALS's is).
-MU_MAX_AUTO_SWEEPS, MU_SWEEP_TOL = 10, 0.1
 
 
 @dataclass(frozen=True)
@@ -80,18 +69,6 @@ class FitResult:
     reconstruction_err: float
     loss_history: list[float] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-def auto_sweeps(inner_sweeps: int | str, cost_ratio: float, cap: int) -> int:
-    """Sweeps per pass: ``1 + cost_ratio / 2`` capped (Gillis & Glineur's rule), or as given.
-
-    ``cost_ratio`` is the cost of forming the products over the cost of one sweep —
-    ``n / k`` for W and ``m / k`` for H, times the share of V's entries that are non-zero
-    (:func:`nonzero_share`); at most ``cap``.
-    """
-    if inner_sweeps != "auto":
-        return int(inner_sweeps)
-    return int(min(cap, 1 + cost_ratio / 2))
 
 
 def nonzero_share(stats: Sums | None, shape: tuple[int, int]) -> float:
@@ -155,25 +132,23 @@ def fit(
     m, n = shape
     k = initial.H.shape[0]
     penalty = penalty or Penalty()
-    update = get_solver(solver)
+    update, auto = get_solver(solver), sweep_rule(solver)
     # scikit-learn's shuffle=True: a new random order of the components for every update.
     rng = check_random_state(random_state) if shuffle else None
     if resume is not None and rng is not None and resume.rng_state is not None:
         rng.set_state(resume.rng_state)
     kind = update_kind(beta, missing, solver)
-    cap, auto_tol = ((MU_MAX_AUTO_SWEEPS, MU_SWEEP_TOL) if solver == "mu"
-                     else (MAX_AUTO_SWEEPS, SWEEP_TOL))
-    sweep_tol = auto_tol if inner_sweeps == "auto" else 0.0
+    sweep_tol = auto.stop(inner_sweeps)
 
     def sweeps(stats: Sums | None) -> tuple[int, int]:
         """Sweeps on W and on H; masks make the products cost more than the sweeps, not
         less (per-column Gram matrices): their ratio stays that of dense V."""
         share = nonzero_share(stats, shape) if kind == "frobenius" else 1.0
-        return (auto_sweeps(inner_sweeps, share * n / k, cap),
-                auto_sweeps(inner_sweeps, share * m / k, cap))
+        return (auto.sweeps(inner_sweeps, share * n / k),
+                auto.sweeps(inner_sweeps, share * m / k))
 
     gamma = mu.mm_exponent(beta)
-    rule = HRule(kind, update, penalty, sweeps(None)[1], sweep_tol, missing, beta, gamma)
+    rule = HRule(kind, update, penalty, sweep_tol, missing, beta, gamma)
     W_blocks, H, stats = initial.W_blocks, initial.H, initial.stats
     # The fit owns the blocks from here: each is released once its successor exists, not
     # kept alive by the caller's ``initial`` for the whole fit.
@@ -295,7 +270,7 @@ def fit(
             W_out = [ex.item(out, 0) for out in outs]
         else:
             W_out = ex.take(outs, 0)
-        Hs_out = ex.reduce(sums_of(outs), h_step, H_in, replace(rule, sweeps=sweeps_H),
+        Hs_out = ex.reduce(sums_of(outs), h_step, H_in, rule, sweeps=sweeps_H,
                            sq_norm_V=None if stats is None else float(stats["sumsq"]),
                            first=first, order=order_H)
         pending = ex.start([*W_out, Hs_out], ex.take([Hs_out], 2)[0])

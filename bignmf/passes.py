@@ -854,15 +854,15 @@ def _entry_grams(pattern: sp.csr_matrix, X: np.ndarray, *, by_row: bool) -> np.n
 
 @dataclass(frozen=True)
 class HRule:
-    """How a fit updates H from a pass's sums: the kernel ``kind``
-    (:func:`bignmf.fit.update_kind`), the solver's ``update``, the penalty, the sweeps and their
-    stopping, and the beta loss. All fixed for the fit but ``sweeps``, which the fit sets
-    per iteration (they follow V's non-zero share once a pass has counted it)."""
+    """How a fit updates H from a pass's sums, fixed for the fit: the kernel ``kind``
+    (:func:`bignmf.fit.update_kind`), the solver's ``update``, the penalty, the sweeps'
+    stopping fraction and the beta loss. (The number of sweeps is :func:`h_step`'s
+    argument: the fit sets it per iteration, from V's non-zero share once a pass has
+    counted it.)"""
 
     kind: str
     update: Callable[..., tuple[np.ndarray, int]]
     penalty: Penalty
-    sweeps: int
     sweep_tol: float
     missing: str | None
     beta: float
@@ -877,13 +877,14 @@ class HRule:
             return H64 @ H64.T
 
 
-def h_step(sums: Sums, H: np.ndarray, rule: HRule, *, sq_norm_V: float | None,
+def h_step(sums: Sums, H: np.ndarray, rule: HRule, *, sweeps: int, sq_norm_V: float | None,
            first: bool, order: np.ndarray | None
            ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """The update of H from a pass's total ``sums``, and the objective: ``(H, H H^T,
-    info)``, with ``info`` holding ``objectives`` (the values the iteration adds to the
-    history: two in the first iteration of the Frobenius kernels, the loss before it too),
-    ``loss_sq`` and, from a pass that computed them, V's ``stats`` (checked here).
+    """The update of H from a pass's total ``sums`` (at most ``sweeps`` sweeps of the
+    solver), and the objective: ``(H, H H^T, info)``, with ``info`` holding ``objectives``
+    (the values the iteration adds to the history: two in the first iteration of the
+    Frobenius kernels, the loss before it too), ``loss_sq`` and, from a pass that computed
+    them, V's ``stats`` (checked here).
 
     ``sq_norm_V`` is ``||V||^2`` (``None``: from the pass's own stats). Runs where the pass
     is added up: in this process, or on a cluster in the task with the tree's last sum.
@@ -910,10 +911,10 @@ def h_step(sums: Sums, H: np.ndarray, rule: HRule, *, sq_norm_V: float | None,
                 grams = (sums["Gcols"] if rule.missing == "unstored"
                          else sums["WtW"][None, :, :] - sums["Gcols"])
                 H, _ = hals.update_rows(H.copy(), WtV, grams, penalty.l1_H, penalty.l2_H,
-                                        rule.sweeps, rule.sweep_tol, order)
+                                        sweeps, rule.sweep_tol, order)
             else:
                 H, _ = rule.update(H.copy(), WtV, sums["WtW"], penalty.l1_H, penalty.l2_H,
-                                   rule.sweeps, rule.sweep_tol, order)
+                                   sweeps, rule.sweep_tol, order)
             H64 = H.astype(np.float64)
             HHt = H64 @ H64.T  # (for the next pass too)
             quad = (float(np.einsum("kn,nkl,ln->", H64, grams, H64))

@@ -12,7 +12,7 @@ from sklearn.decomposition._nmf import (
     _update_coordinate_descent,
 )
 
-from bignmf.solvers import SOLVER_NAMES, get_solver, hals, mu
+from bignmf.solvers import SOLVER_NAMES, get_solver, hals, mu, sweep_rule
 
 PENALTIES = [(0.0, 0.0), (0.5, 0.0), (0.0, 0.7), (0.3, 0.4)]
 
@@ -200,6 +200,23 @@ def test_registry_names():
     assert get_solver("hals") is hals.update
     assert get_solver("mu") is mu.update
     assert set(SOLVER_NAMES) == {"cd", "hals", "mu"}
+
+
+def test_each_rule_has_its_auto_sweeps():
+    """``inner_sweeps='auto'`` per rule: HALS up to 20 sweeps stopping at 0.01 of the first
+    change, MU up to 10 stopping at 0.1; ``1 + ratio / 2`` below the cap; a number as given
+    (every sweep runs)."""
+    for name in SOLVER_NAMES:
+        rule = sweep_rule(name)
+        assert rule.sweeps("auto", 1e6) == rule.cap
+        assert rule.sweeps("auto", 6.0) == 4
+        assert rule.sweeps("auto", 0.1) == 1
+        assert (rule.sweeps(3, 1e6), rule.stop(3)) == (3, 0.0)
+    assert (sweep_rule("cd").cap, sweep_rule("cd").stop("auto")) == (20, 0.01)
+    assert sweep_rule("hals") == sweep_rule("cd")
+    assert (sweep_rule("mu").cap, sweep_rule("mu").stop("auto")) == (10, 0.1)
+    with pytest.raises(ValueError, match="Invalid solver 'newton'"):
+        sweep_rule("newton")
 
 
 def test_registry_error_lists_valid_names():

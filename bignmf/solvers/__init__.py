@@ -13,7 +13,8 @@ and for the update of ``H`` (all columns)::
 so one function serves both factors. Penalties follow scikit-learn: ``l1`` and ``l2`` are the
 already-scaled ``l1_reg_*`` / ``l2_reg_*`` of ``sklearn.decomposition.NMF``.
 
-A rule is looked up by name with :func:`get_solver`.
+A rule is looked up by name with :func:`get_solver`, and what ``inner_sweeps='auto'`` gives
+it with :func:`sweep_rule`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from bignmf.solvers import hals, mu
+from bignmf.solvers.rules import SweepRule
+
+__all__ = ["SOLVER_NAMES", "FactorUpdate", "SweepRule", "get_solver", "small_blas",
+           "sweep_rule", "thread_budget"]
 
 
 class FactorUpdate(Protocol):
@@ -51,6 +56,13 @@ _SOLVERS: dict[str, Callable[..., tuple[np.ndarray, int]]] = {
     "cd": hals.update,
     "hals": hals.update,
     "mu": mu.update,
+}
+
+#: What ``inner_sweeps='auto'`` gives each rule (each module says why its values).
+_SWEEP_RULES: dict[str, SweepRule] = {
+    "cd": hals.AUTO_SWEEPS,
+    "hals": hals.AUTO_SWEEPS,
+    "mu": mu.AUTO_SWEEPS,
 }
 
 SOLVER_NAMES = tuple(_SOLVERS)
@@ -84,6 +96,13 @@ def get_solver(name: str) -> FactorUpdate:
         raise ValueError(
             f"Invalid solver {name!r}: choose one of {', '.join(repr(s) for s in _SOLVERS)}"
         ) from None
+
+
+def sweep_rule(name: str) -> SweepRule:
+    """The sweeps ``inner_sweeps='auto'`` gives the update rule ``name`` (see
+    :func:`get_solver`)."""
+    get_solver(name)  # (the same error for an unknown name)
+    return _SWEEP_RULES[name]
 
 
 def thread_budget() -> int:

@@ -17,6 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from bignmf.solvers.rules import SweepRule
+
+#: ``inner_sweeps='auto'``: at most 20 sweeps per update, stopping at 0.01 of the first
+#: sweep's change. More sweeps per pass keep paying off past 10 on dense V (``python
+#: benchmarks/bench_sweeps.py --rules``); out of core they are nearly free beside the read
+#: of V, and each iteration they save is a pass. (A stop at 0.1 stopped many rows early: on
+#: dense V the fit took 33 iterations to an error that 10 sweeps each reached in 22.)
+AUTO_SWEEPS = SweepRule(cap=20, tol=0.01)
+
 
 def update(
     F: np.ndarray,
