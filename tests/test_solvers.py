@@ -194,6 +194,31 @@ def test_hals_skips_a_component_with_zero_gram_diagonal(problem):
     assert_array_equal(F[2], W.T[2])
 
 
+@pytest.mark.parametrize("update", [hals.update, mu.update])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_per_column_stopping_does_not_depend_on_the_other_columns(update, dtype):
+    """With ``per_column`` each column stops on its own: solved with any other columns, or
+    alone, it ends with the same values, up to the rounding of BLAS, whose kernels depend
+    on the width (a row of W does not depend on its row block).
+    The columns here stop after different numbers of sweeps, so the stopped ones must keep
+    their values while the others sweep on, both while most columns still sweep and after
+    the rest are copied out."""
+    rng = np.random.default_rng(3)
+    k, r = 6, 400
+    G = rng.random((k, 40)) @ rng.random((40, k)) + np.eye(k)
+    # Columns far from and close to their solution: their sweeps differ.
+    target = rng.random((k, r)) * rng.choice([0.01, 1.0, 100.0], size=r)
+    P = (G @ target).astype(dtype)
+    F0 = (target * rng.choice([0.9, 0.2, 5.0], size=r)).astype(dtype)
+    whole, sweeps = update(F0.copy(), P, G, 0.0, 0.0, 15, 0.05, per_column=True)
+    assert 1 < sweeps <= 15
+    for cols in (np.arange(0, r, 3), np.arange(50, 250), np.array([7]), np.array([0, 399])):
+        part, _ = update(np.ascontiguousarray(F0[:, cols]), np.ascontiguousarray(P[:, cols]),
+                         G, 0.0, 0.0, 15, 0.05, per_column=True)
+        assert_allclose(part, whole[:, cols], rtol=1e-3 if dtype == np.float32 else 1e-9,
+                        atol=0)
+
+
 # ---------------------------------------------------------------- registry
 def test_registry_names():
     assert get_solver("cd") is hals.update
