@@ -107,23 +107,29 @@ def table(title: str, rows: list[dict[str, Any]], levels: list[str], ref: float)
     return "\n".join(out)
 
 
-#: Candidate rules for ``inner_sweeps='auto'``: (name, cap, stopping fraction, whether the
-#: products' cost is scaled by V's non-zero share). The first was bignmf's default until
-#: 2026-12-01, the fifth is its default since.
-RULES = [("10, 0.1 (old default)", 10, 0.1, False), ("20, 0.01", 20, 0.01, False),
-         ("10, 0.01, nnz", 10, 0.01, True), ("20, 0.1, nnz", 20, 0.1, True),
-         ("20, 0.01, nnz (default)", 20, 0.01, True), ("30, 0.01, nnz", 30, 0.01, True)]
+#: Candidate rules for ``inner_sweeps='auto'``, per solver: (name, cap, stopping fraction,
+#: whether the products' cost is scaled by V's non-zero share). For HALS the first was
+#: bignmf's default until 2026-12-01, the fifth is its default since.
+RULES = {
+    "cd": [("10, 0.1 (old default)", 10, 0.1, False), ("20, 0.01", 20, 0.01, False),
+           ("10, 0.01, nnz", 10, 0.01, True), ("20, 0.1, nnz", 20, 0.1, True),
+           ("20, 0.01, nnz (default)", 20, 0.01, True), ("30, 0.01, nnz", 30, 0.01, True)],
+    "mu": [("10, 0.1", 10, 0.1, False), ("10, 0.1, nnz (default)", 10, 0.1, True),
+           ("10, 0.01, nnz", 10, 0.01, True), ("20, 0.1, nnz", 20, 0.1, True),
+           ("20, 0.01, nnz", 20, 0.01, True), ("30, 0.01, nnz", 30, 0.01, True)],
+}
 
 
 @contextlib.contextmanager
-def auto_rule(cap: int, tol: float, nnz: bool) -> Iterator[None]:
+def auto_rule(cap: int, tol: float, nnz: bool, solver: str = "cd") -> Iterator[None]:
     """``inner_sweeps='auto'`` with another cap and stopping fraction, with or without the
-    products' cost scaled by V's non-zero share, for the HALS fits of this process."""
+    products' cost scaled by V's non-zero share, for this process's fits with ``solver``
+    (``'cd'``: HALS; ``'mu'``: the multiplicative updates)."""
     import bignmf.fit as bf
     import bignmf.solvers as bs
 
     saved = dict(bs._SWEEP_RULES), bf.nonzero_share
-    for name in ("cd", "hals"):
+    for name in (("cd", "hals") if solver == "cd" else (solver,)):
         bs._SWEEP_RULES[name] = bs.SweepRule(cap, tol)
     if not nnz:
         bf.nonzero_share = lambda stats, shape: 1.0
@@ -163,8 +169,8 @@ def rule_matrices() -> list[tuple[str, Any, int, float]]:
     return out
 
 
-def compare_rules() -> tuple[str, list[dict[str, Any]]]:
-    """The ``--rules`` table (markdown) and its raw rows."""
+def compare_rules(solver: str = "cd") -> tuple[str, list[dict[str, Any]]]:
+    """The ``--rules`` table (markdown) and its raw rows, for ``solver``'s fits."""
     fractions = (1 / 8, 1 / 4, 1 / 2, 1)
     lines = ["| matrix | rule (cap, stop fraction, nnz costing) | iterations | "
              + " | ".join(f"(error / best - 1) x 1e4 at {f:g} T" for f in fractions) + " |",
@@ -172,9 +178,10 @@ def compare_rules() -> tuple[str, list[dict[str, Any]]]:
     raw = []
     for name, V, k, seconds in rule_matrices():
         traces = {}
-        for rule, cap, tol, nnz in RULES:
-            with auto_rule(cap, tol, nnz):
-                traces[rule] = [core.bignmf_to_target(V, k, 0.0, seconds, 10**6, seed)["trace"]
+        for rule, cap, tol, nnz in RULES[solver]:
+            with auto_rule(cap, tol, nnz, solver):
+                traces[rule] = [core.bignmf_to_target(V, k, 0.0, seconds, 10**6, seed,
+                                                      solver=solver)["trace"]
                                 for seed in range(3)]
         best = min(tr[-1][2] for runs in traces.values() for tr in runs)
         for rule, runs in traces.items():
@@ -199,15 +206,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quick", action="store_true", help="small dense matrix, small corpus")
     p.add_argument("--rules", action="store_true",
                    help="compare candidate rules for inner_sweeps='auto' instead")
+    p.add_argument("--solver", choices=["cd", "mu"], default="cd",
+                   help="with --rules: the rules of this solver's fits (default cd, HALS)")
     p.add_argument("--json", metavar="PATH", help="save the results as JSON")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.rules:
-        text, raw = compare_rules()
+        text, raw = compare_rules(a.solver)
         print("\n" + text)
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"machine": core.machine_facts(), "rules": raw}, f, indent=1)
+                json.dump({"machine": core.machine_facts(), "solver": a.solver, "rules": raw},
+                          f, indent=1)
         return {"rules": raw}
     m, n, k = (4000, 1000, 16) if a.quick else (20000, 5000, 32)
     res: dict[str, Any] = {"machine": core.machine_facts()}

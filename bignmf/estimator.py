@@ -153,8 +153,10 @@ l1_ratio, verbose, shuffle
     inner_sweeps : int or 'auto', default='auto'
         Solver sweeps per update of each factor. Sweeps reuse the products of a pass and
         cost no I/O; ``'auto'`` repeats them while they still help (Gillis & Glineur 2012):
-        at most 20 for HALS, fewer where V is sparse (its products cost less beside a sweep),
-        at most 10 for MU. ``1`` gives scikit-learn's iterates exactly.
+        at most 20, fewer where V is sparse (its products cost less beside a sweep). MU
+        sweeps only for the Frobenius loss without missing entries (other losses need
+        ``W H`` anew for each update: one per pass). ``1`` gives scikit-learn's iterates
+        exactly.
     missing : None, 'nan' or 'unstored', default=None
         Which entries of V are missing — not zeros, not fitted. ``None``: every entry is
         data (NaN is an error). ``'nan'``: NaN entries of dense V are missing.

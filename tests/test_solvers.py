@@ -229,7 +229,7 @@ def test_registry_names():
 
 def test_each_rule_has_its_auto_sweeps():
     """``inner_sweeps='auto'`` per rule: HALS up to 20 sweeps stopping at 0.01 of the first
-    change, MU up to 10 stopping at 0.1; ``1 + ratio / 2`` below the cap; a number as given
+    change, MU up to 20 stopping at 0.1; ``1 + ratio / 2`` below the cap; a number as given
     (every sweep runs)."""
     for name in SOLVER_NAMES:
         rule = sweep_rule(name)
@@ -239,7 +239,7 @@ def test_each_rule_has_its_auto_sweeps():
         assert (rule.sweeps(3, 1e6), rule.stop(3)) == (3, 0.0)
     assert (sweep_rule("cd").cap, sweep_rule("cd").stop("auto")) == (20, 0.01)
     assert sweep_rule("hals") == sweep_rule("cd")
-    assert (sweep_rule("mu").cap, sweep_rule("mu").stop("auto")) == (10, 0.1)
+    assert (sweep_rule("mu").cap, sweep_rule("mu").stop("auto")) == (20, 0.1)
     with pytest.raises(ValueError, match="Invalid solver 'newton'"):
         sweep_rule("newton")
 

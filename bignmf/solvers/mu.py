@@ -14,9 +14,12 @@ from bignmf.solvers import hals
 from bignmf.solvers.rules import SweepRule
 
 EPSILON = float(np.finfo(np.float32).eps)
-#: ``inner_sweeps='auto'``: at most 10 sweeps, stopping at 0.1 of the first sweep's change
-#: (HALS's first rule; not re-measured for these updates since HALS's changed).
-AUTO_SWEEPS = SweepRule(cap=10, tol=0.1)
+#: ``inner_sweeps='auto'``: at most 20 sweeps, stopping at 0.1 of the first sweep's change.
+#: Against 10 and 0.1 (HALS's first rule, this one's until 2026-12-01), ``python
+#: benchmarks/bench_sweeps.py --rules --solver mu`` (six matrices, 3 seeds, two runs): dense
+#: V 20x closer to the best error at the time budget, the 10x counts ahead, the other four
+#: level; 20 and 0.01 was behind on dense V and the spectrogram.
+AUTO_SWEEPS = SweepRule(cap=20, tol=0.1)
 
 
 def update(
