@@ -104,6 +104,10 @@ class Eager:
             (int(a), int(b)) for a, b in itertools.pairwise(ends)]
         self._blocks = ([V] if len(self.row_bounds) == 1 else
                         [_row_view(V, a, b) for a, b in self.row_bounds])
+        # One thread per block, started by the first pass and kept for the executor's life
+        # (they end when it is collected): starting them for every pass cost ~1 ms each,
+        # a tenth of a sparse or compressed iteration.
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def meta(self) -> Any:
@@ -119,8 +123,10 @@ class Eager:
         calls = list(zip(*per_block, strict=True))
         if len(calls) == 1:
             return [kernel(*calls[0], **shared)]
-        with small_blas(), ThreadPoolExecutor(len(calls)) as pool:
-            return list(pool.map(lambda args: kernel(*args, **shared), calls))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(len(calls), thread_name_prefix="bignmf-block")
+        with small_blas():
+            return list(self._pool.map(lambda args: kernel(*args, **shared), calls))
 
     @staticmethod
     def take(items: Sequence[Any], index: int) -> list:
