@@ -32,7 +32,9 @@ Sections (issue 6):
    k, n and m, next to a fitted model.
 
 Distributed sections run on ``distributed.LocalCluster`` workers with one thread each (2
-workers, and 1 for the scaling and memory measurements), started by this script.
+workers, and 1 for the scaling and memory measurements), started by this script with the
+embedded cluster's ``GLIBC_TUNABLES`` (:data:`bignmf.cluster.MALLOC_TUNABLE`); the
+out-of-core section compares that with glibc's defaults on a second cluster.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_core as core
 from bench_core import log, quiet, summary, timed
 
-from bignmf.cluster import proc_status
+from bignmf.cluster import MALLOC_TUNABLE, proc_status
 
 DATA = os.environ.get("BIGNMF_DATA", os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
@@ -144,11 +146,16 @@ def du(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def start_cluster(n_workers: int, memory_limit: str) -> Any:
+def start_cluster(n_workers: int, memory_limit: str, tunables: str = MALLOC_TUNABLE) -> Any:
+    """A ``LocalCluster`` of single-threaded workers whose processes start with
+    ``GLIBC_TUNABLES=tunables``: by default the embedded cluster's (huge pages for
+    malloc's large mappings, :mod:`bignmf.cluster`), ``""`` for glibc's defaults."""
+    import dask
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                           memory_limit=memory_limit, dashboard_address=":0")
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.GLIBC_TUNABLES": tunables}):
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                               memory_limit=memory_limit, dashboard_address=":0")
     client = Client(cluster, set_as_default=False)
     client.wait_for_workers(n_workers, timeout=120)
     return client
@@ -515,7 +522,45 @@ def section_ooc(client: Any, path: str, V: np.ndarray, k: int, a: argparse.Names
             f"memory, s/iteration ({state}; W's I/O is 2k/n = {2 * k / V.shape[1]:.1%} "
             "of V's)", s(st), s(it), *ratio_of(st, it), "(info)")
     out["io_bound"] = io_bound(client, path, W0, H0, k, a, tab)
+    out["huge_pages"] = huge_pages(client, path, W0, H0, k, a, tab)
     return out
+
+
+def huge_pages(client: Any, path: str, W0: np.ndarray, H0: np.ndarray, k: int,
+               a: argparse.Namespace, tab: Table) -> dict[str, Any]:
+    """The embedded cluster's glibc setting (huge pages for malloc's large mappings, which
+    ``client``'s workers have) against glibc's defaults on a second 2-worker cluster:
+    seconds per iteration from the page cache, interleaved, and the workers' page faults
+    per pass."""
+    plain = start_cluster(2, "4GiB", tunables="")
+    runs: dict[str, list[Any]] = {"huge": [], "plain": []}
+    faults: dict[str, list[float]] = {"huge": [], "plain": []}
+    try:
+        for rnd in range(a.rounds):
+            for name, c in (("huge", client), ("plain", plain)):
+                before = sum(c.run(_minor_faults).values())
+                runs[name].append(per_iter(c, path, W0, H0, k, a.iters, resident=False))
+                # (the fit's passes: its first, checking, pass and a.iters + 1 iterations)
+                faults[name].append((sum(c.run(_minor_faults).values()) - before)
+                                    / (a.iters + 2))
+            log(f"  huge pages: round {rnd + 1}: {runs['huge'][-1]['median']:.3f}s against "
+                f"{runs['plain'][-1]['median']:.3f}s")
+    finally:
+        close_cluster(plain)
+    hp, pl = merge(runs["huge"]), merge(runs["plain"])
+    f_hp, f_pl = statistics.median(faults["huge"]), statistics.median(faults["plain"])
+    tab.add("ooc", f"out of core, page-cached: s/iteration with the embedded cluster's "
+            f"`GLIBC_TUNABLES={MALLOC_TUNABLE}` / without (2 workers each; page faults per "
+            f"pass {f_hp / 1e3:.0f}k / {f_pl / 1e3:.0f}k)", s(hp), s(pl), *ratio_of(hp, pl),
+            "(info)")
+    return {"huge": hp, "plain": pl, "faults_per_pass": {"huge": f_hp, "plain": f_pl}}
+
+
+def _minor_faults() -> int:
+    """Minor page faults of this (worker) process so far."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def io_bound(client: Any, path: str, W0: np.ndarray, H0: np.ndarray, k: int,

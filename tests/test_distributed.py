@@ -252,6 +252,7 @@ def state(client):
         "nthreads": sorted(client.nthreads().values()),
         "worker_pids": sorted(client.run(os.getpid).values()),
         "children": sorted(p.pid for p in psutil.Process().children(recursive=True)),
+        "tunables": sorted(set(client.run(os.getenv, "GLIBC_TUNABLES").values())),
     }
 
 
@@ -268,6 +269,7 @@ again = cluster._embedded["client"]
 print("RESULT " + json.dumps({
     "first": first, "second": state(again), "same_client": again is client,
     "default_is_embedded": default_is_embedded,
+    "own_tunables": os.environ.get("GLIBC_TUNABLES"),
     "W1": W1.tolist(), "H1": est.components_.tolist(),
     "W2": W2.tolist(), "H2": est2.components_.tolist(),
 }))
@@ -285,12 +287,15 @@ def test_embedded_cluster_started_once_and_reused(dataset, tmp_path):
     """A plain script with no scheduler configured: the first fit of a Zarr path starts one
     worker process per core (1 thread each), the second fit reuses that cluster (same
     scheduler, same worker processes, no new child process), W computes on it, and every
-    process of it is gone once the script exits."""
+    process of it is gone once the script exits. The workers run with huge pages for
+    malloc's large mappings added to the user's glibc tunables; the user's process keeps
+    its own."""
     path, X = dataset
     script = tmp_path / "user_script.py"
     script.write_text(EMBEDDED_SCRIPT)
     proc = subprocess.Popen(
-        [sys.executable, str(script), path], cwd=tmp_path, env=python_env(),
+        [sys.executable, str(script), path], cwd=tmp_path,
+        env=python_env(GLIBC_TUNABLES="glibc.malloc.arena_max=8"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
@@ -312,6 +317,8 @@ def test_embedded_cluster_started_once_and_reused(dataset, tmp_path):
     assert first["nthreads"] == [1] * n_cores
     assert second == first  # same scheduler, workers, processes: nothing new started
     assert set(first["worker_pids"]) <= set(first["children"])
+    assert first["tunables"] == ["glibc.malloc.arena_max=8:glibc.malloc.hugetlb=1"]
+    assert result["own_tunables"] == "glibc.malloc.arena_max=8"
 
     W1, H1 = np.array(result["W1"]), np.array(result["H1"])
     assert_same_fit(W1, np.array(result["W2"]))
