@@ -32,9 +32,9 @@ Sections (issue 6):
    k, n and m, next to a fitted model.
 
 Distributed sections run on ``distributed.LocalCluster`` workers with one thread each (2
-workers, and 1 for the scaling and memory measurements), started by this script with the
-embedded cluster's ``GLIBC_TUNABLES`` (:data:`bignmf.cluster.MALLOC_TUNABLE`); the
-out-of-core section compares that with glibc's defaults on a second cluster.
+workers, and 1 for the scaling and memory measurements), started by this script as a user
+would, with glibc's defaults; the out-of-core section compares them with the embedded
+cluster's ``GLIBC_TUNABLES`` (:data:`bignmf.cluster.MALLOC_TUNABLE`) on a second cluster.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_core as core
 from bench_core import log, quiet, summary, timed
 
+import bignmf.cluster as bignmf_cluster
 from bignmf.cluster import MALLOC_TUNABLE, proc_status
 
 DATA = os.environ.get("BIGNMF_DATA", os.path.join(
@@ -146,14 +147,15 @@ def du(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def start_cluster(n_workers: int, memory_limit: str, tunables: str = MALLOC_TUNABLE) -> Any:
-    """A ``LocalCluster`` of single-threaded workers whose processes start with
-    ``GLIBC_TUNABLES=tunables``: by default the embedded cluster's (huge pages for
-    malloc's large mappings, :mod:`bignmf.cluster`), ``""`` for glibc's defaults."""
-    import dask
+def start_cluster(n_workers: int, memory_limit: str, tunables: str = "") -> Any:
+    """A ``LocalCluster`` of single-threaded workers, as a user would start one; their
+    processes start with ``GLIBC_TUNABLES=tunables`` (``""``: glibc's defaults; the
+    embedded cluster's setting is :data:`bignmf.cluster.MALLOC_TUNABLE`). Set in this
+    process's environment while the workers start (the nanny would let an inherited value
+    win over its configuration), and restored."""
     from distributed import Client, LocalCluster
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.GLIBC_TUNABLES": tunables}):
+    with bignmf_cluster._environ({"GLIBC_TUNABLES": tunables}):
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                memory_limit=memory_limit, dashboard_address=":0")
     client = Client(cluster, set_as_default=False)
@@ -528,32 +530,43 @@ def section_ooc(client: Any, path: str, V: np.ndarray, k: int, a: argparse.Names
 
 def huge_pages(client: Any, path: str, W0: np.ndarray, H0: np.ndarray, k: int,
                a: argparse.Namespace, tab: Table) -> dict[str, Any]:
-    """The embedded cluster's glibc setting (huge pages for malloc's large mappings, which
-    ``client``'s workers have) against glibc's defaults on a second 2-worker cluster:
-    seconds per iteration from the page cache, interleaved, and the workers' page faults
-    per pass."""
-    plain = start_cluster(2, "4GiB", tunables="")
-    runs: dict[str, list[Any]] = {"huge": [], "plain": []}
+    """The embedded cluster's glibc setting (huge pages for malloc's large mappings) on a
+    second 2-worker cluster, against ``client``'s (glibc's defaults): one read pass and
+    seconds per iteration from the page cache, interleaved, and the workers' minor page
+    faults per pass of the fit."""
+    huge = start_cluster(2, "4GiB", tunables=MALLOC_TUNABLE)
+    runs: dict[str, dict[str, list[Any]]] = {name: {"read": [], "iteration": []}
+                                             for name in ("huge", "plain")}
     faults: dict[str, list[float]] = {"huge": [], "plain": []}
     try:
         for rnd in range(a.rounds):
-            for name, c in (("huge", client), ("plain", plain)):
+            for name, c in (("huge", huge), ("plain", client)):
+                runs[name]["read"].append(read_pass(c, path, 2, False))
                 before = sum(c.run(_minor_faults).values())
-                runs[name].append(per_iter(c, path, W0, H0, k, a.iters, resident=False))
+                runs[name]["iteration"].append(per_iter(c, path, W0, H0, k, a.iters,
+                                                        resident=False))
                 # (the fit's passes: its first, checking, pass and a.iters + 1 iterations)
                 faults[name].append((sum(c.run(_minor_faults).values()) - before)
                                     / (a.iters + 2))
-            log(f"  huge pages: round {rnd + 1}: {runs['huge'][-1]['median']:.3f}s against "
-                f"{runs['plain'][-1]['median']:.3f}s")
+            log(f"  huge pages: round {rnd + 1}: read {runs['huge']['read'][-1]['median']:.3f}s"
+                f" against {runs['plain']['read'][-1]['median']:.3f}s, iteration "
+                f"{runs['huge']['iteration'][-1]['median']:.3f}s against "
+                f"{runs['plain']['iteration'][-1]['median']:.3f}s")
     finally:
-        close_cluster(plain)
-    hp, pl = merge(runs["huge"]), merge(runs["plain"])
-    f_hp, f_pl = statistics.median(faults["huge"]), statistics.median(faults["plain"])
-    tab.add("ooc", f"out of core, page-cached: s/iteration with the embedded cluster's "
-            f"`GLIBC_TUNABLES={MALLOC_TUNABLE}` / without (2 workers each; page faults per "
-            f"pass {f_hp / 1e3:.0f}k / {f_pl / 1e3:.0f}k)", s(hp), s(pl), *ratio_of(hp, pl),
-            "(info)")
-    return {"huge": hp, "plain": pl, "faults_per_pass": {"huge": f_hp, "plain": f_pl}}
+        close_cluster(huge)
+    out: dict[str, Any] = {"faults_per_pass": {n: statistics.median(f)
+                                               for n, f in faults.items()}}
+    f_hp, f_pl = out["faults_per_pass"]["huge"], out["faults_per_pass"]["plain"]
+    for what in ("iteration", "read"):
+        hp, pl = merge(runs["huge"][what]), merge(runs["plain"][what])
+        out[what] = {"huge": hp, "plain": pl}
+        label = ("s/iteration (page faults per pass "
+                 f"{f_hp / 1e3:.0f}k / {f_pl / 1e3:.0f}k)" if what == "iteration"
+                 else "one read+decode pass")
+        tab.add("ooc", f"out of core, page-cached, 2 workers: {label}, with the embedded "
+                f"cluster's `GLIBC_TUNABLES={MALLOC_TUNABLE}` / glibc's defaults", s(hp),
+                s(pl), *ratio_of(hp, pl), "(info)")
+    return out
 
 
 def _minor_faults() -> int:
