@@ -55,9 +55,12 @@ MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
 
 def _cluster_environ() -> dict[str, str]:
     """What the embedded cluster's processes get beside this process's environment: the
-    user's ``GLIBC_TUNABLES`` with :data:`MALLOC_TUNABLE` added (not if they set it)."""
+    user's ``GLIBC_TUNABLES`` with :data:`MALLOC_TUNABLE` added; nothing if they set that
+    tunable themselves, or gave the workers ``GLIBC_TUNABLES`` in Dask's configuration
+    (``distributed.nanny.pre-spawn-environ``, which an inherited value would override)."""
+    configured = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if MALLOC_TUNABLE.split("=")[0] in tunables:
+    if "GLIBC_TUNABLES" in configured or MALLOC_TUNABLE.split("=")[0] in tunables:
         return {}
     return {"GLIBC_TUNABLES": ":".join(filter(None, [tunables, MALLOC_TUNABLE]))}
 

@@ -334,6 +334,23 @@ def test_embedded_cluster_started_once_and_reused(dataset, tmp_path):
     assert [pid for pid in first["children"] if not _gone(pid)] == []
 
 
+def test_embedded_cluster_respects_the_users_glibc_tunables(monkeypatch):
+    """Huge pages are added to the user's tunables, not over their own choice of the same
+    tunable, nor over a ``GLIBC_TUNABLES`` they gave the workers in Dask's configuration;
+    the user's environment is restored after the processes start."""
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert cluster._cluster_environ() == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")
+    assert cluster._cluster_environ() == {}
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.GLIBC_TUNABLES": ""}):
+        assert cluster._cluster_environ() == {}
+    with pytest.raises(RuntimeError), cluster._environ({"GLIBC_TUNABLES": "x"}):
+        assert os.environ["GLIBC_TUNABLES"] == "x"
+        raise RuntimeError
+    assert "GLIBC_TUNABLES" not in os.environ
+
+
 # --------------------------------------------------------------------------- a user's Client
 def test_active_client_runs_the_fit_on_its_cluster(dataset, real_cluster, read_log_path):
     """A user's ``Client`` (the default client, as ``Client(...)`` makes it): the fit's tasks
