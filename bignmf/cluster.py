@@ -21,10 +21,10 @@ sets ``MALLOC_TRIM_THRESHOLD_``, which turns off glibc's adaptive mmap threshold
 buffer of a chunk read from Zarr (the file's bytes, the decoded chunk) is a fresh mapping
 whose pages fault in one by one — about two faults per 4 KiB of V per pass. With huge pages
 on those mappings, a pass over a 381 MiB V (zstd, 2 workers) took 0.25 million faults
-instead of 1.42 million, half the system time, and an iteration 0.87x as long from the page
-cache, 0.93x from disk; peak memory did not change (``run_all.py --only memory``). A user's
-own cluster gets the same with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in its workers'
-environment (``distributed.nanny.pre-spawn-environ``).
+instead of 1.42 million, half the system time, and an iteration 0.68-0.87x as long from the
+page cache, 0.93x from disk; peak memory did not change (``run_all.py --only memory``). A
+user's own cluster gets the same with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in its
+workers' environment before they start.
 """
 
 from __future__ import annotations
