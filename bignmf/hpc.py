@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from bignmf.cluster import worker_info
+from bignmf.cluster import MALLOC_TUNABLE, worker_info
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +266,20 @@ def jobqueue_kwargs(profile: Any) -> dict[str, Any]:
               for key, value in p.jobqueue.items()}
     if kwargs.get("processes") is None:
         kwargs["processes"] = int(kwargs["cores"])
+    prologue = [str(line) for line in kwargs.get("job_script_prologue") or []]
+    if not any("GLIBC_TUNABLES" in line for line in prologue):
+        kwargs["job_script_prologue"] = [*prologue, TUNABLES_LINE]
     return kwargs
+
+
+#: The last line before a worker job starts its workers: the embedded cluster's huge pages
+#: for malloc (:data:`bignmf.cluster.MALLOC_TUNABLE`) added to the job's glibc tunables,
+#: unless they already name that tunable (a profile whose prologue sets ``GLIBC_TUNABLES``
+#: gets no such line).
+TUNABLES_LINE = (
+    f'case "$GLIBC_TUNABLES" in *{MALLOC_TUNABLE.split("=")[0]}*) ;; '
+    f'*) export GLIBC_TUNABLES="${{GLIBC_TUNABLES:+$GLIBC_TUNABLES:}}{MALLOC_TUNABLE}" ;; esac'
+)
 
 
 def make_jobqueue_cluster(profile: Any, **kwargs: Any) -> Any:

@@ -240,12 +240,30 @@ def test_worker_job_script_is_dask_jobqueues(tmp_path):
     directives, commands = _directives_then_commands(script, "#SBATCH")
     assert "#SBATCH -p debug" in directives and "#SBATCH --cpus-per-task=2" in directives
     assert "#SBATCH -J bignmf-w" in directives
-    (command,) = [line for line in commands if line.strip()]
+    # The embedded cluster's huge pages for malloc, added to the job's glibc tunables, then
+    # the workers.
+    setup, command = [line for line in commands if line.strip()]
+    assert setup == hpc.TUNABLES_LINE
+    _bash_syntax_ok(script)
     argv = shlex.split(command)
     assert argv[:3] == [sys.executable, "-m", "distributed.cli.dask_worker"]
     for flag, value in [("--nthreads", "1"), ("--nworkers", "2"), ("--interface", "lo"),
                         ("--death-timeout", "30")]:
         assert argv[argv.index(flag) + 1] == value
+
+
+def test_worker_jobs_keep_a_profiles_own_glibc_tunables():
+    """A profile whose prologue sets GLIBC_TUNABLES gets no line of bignmf's; others get it
+    after their own lines."""
+    def prologue(lines):
+        profile = hpc.load_profile({"jobqueue": {"slurm": {
+            "cores": 1, "memory": "1GB", "job-script-prologue": lines}}})
+        return hpc.jobqueue_kwargs(profile)["job_script_prologue"]
+
+    assert prologue(["export GLIBC_TUNABLES=glibc.malloc.hugetlb=0"]) == [
+        "export GLIBC_TUNABLES=glibc.malloc.hugetlb=0"]
+    assert prologue(["module load python"]) == ["module load python", hpc.TUNABLES_LINE]
+    assert prologue([]) == [hpc.TUNABLES_LINE]
 
 
 def test_fit_refuses_a_batch_profile_and_conflicting_options(tmp_path):
