@@ -128,15 +128,15 @@ def auto_rule(cap: int, tol: float, nnz: bool, solver: str = "cd") -> Iterator[N
     import bignmf.fit as bf
     import bignmf.solvers as bs
 
-    saved = dict(bs._SWEEP_RULES), bf.nonzero_share
+    saved = dict(bs._SOLVERS), bf.nonzero_share
     for name in (("cd", "hals") if solver == "cd" else (solver,)):
-        bs._SWEEP_RULES[name] = bs.SweepRule(cap, tol)
+        bs._SOLVERS[name] = bs._SOLVERS[name]._replace(auto_sweeps=bs.SweepRule(cap, tol))
     if not nnz:
         bf.nonzero_share = lambda stats, shape: 1.0
     try:
         yield
     finally:
-        bs._SWEEP_RULES.update(saved[0])
+        bs._SOLVERS.update(saved[0])
         bf.nonzero_share = saved[1]
 
 

@@ -256,7 +256,7 @@ def _sweeps_asked(monkeypatch: pytest.MonkeyPatch, X, **params) -> dict[str, set
         asked["H" if F.shape[1] == X.shape[1] else "W"].add(max_sweeps)
         return hals.update(F, P, G, l1, l2, max_sweeps, *args, **kwargs)
 
-    monkeypatch.setitem(solvers._SOLVERS, "cd", update)
+    monkeypatch.setitem(solvers._SOLVERS, "cd", solvers._SOLVERS["cd"]._replace(update=update))
     NMF(5, init="nndsvda", random_state=0, max_iter=3, tol=0, **params).fit(X)
     return asked
 

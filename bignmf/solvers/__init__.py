@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -52,17 +52,18 @@ class FactorUpdate(Protocol):
     ) -> tuple[np.ndarray, int]: ...
 
 
-_SOLVERS: dict[str, Callable[..., tuple[np.ndarray, int]]] = {
-    "cd": hals.update,
-    "hals": hals.update,
-    "mu": mu.update,
-}
+class Solver(NamedTuple):
+    """A registered update rule and what ``inner_sweeps='auto'`` gives it (its module says
+    why those values)."""
 
-#: What ``inner_sweeps='auto'`` gives each rule (each module says why its values).
-_SWEEP_RULES: dict[str, SweepRule] = {
-    "cd": hals.AUTO_SWEEPS,
-    "hals": hals.AUTO_SWEEPS,
-    "mu": mu.AUTO_SWEEPS,
+    update: Callable[..., tuple[np.ndarray, int]]
+    auto_sweeps: SweepRule
+
+
+_SOLVERS: dict[str, Solver] = {
+    "cd": Solver(hals.update, hals.AUTO_SWEEPS),
+    "hals": Solver(hals.update, hals.AUTO_SWEEPS),
+    "mu": Solver(mu.update, mu.AUTO_SWEEPS),
 }
 
 SOLVER_NAMES = tuple(_SOLVERS)
@@ -88,8 +89,7 @@ def small_blas() -> AbstractContextManager[Any]:
     return _controller.limit(limits=1, user_api="blas")
 
 
-def get_solver(name: str) -> FactorUpdate:
-    """Return the update rule registered as ``name`` (``'cd'`` is an alias of ``'hals'``)."""
+def _registered(name: str) -> Solver:
     try:
         return _SOLVERS[name]
     except KeyError:
@@ -98,11 +98,15 @@ def get_solver(name: str) -> FactorUpdate:
         ) from None
 
 
+def get_solver(name: str) -> FactorUpdate:
+    """Return the update rule registered as ``name`` (``'cd'`` is an alias of ``'hals'``)."""
+    return _registered(name).update
+
+
 def sweep_rule(name: str) -> SweepRule:
     """The sweeps ``inner_sweeps='auto'`` gives the update rule ``name`` (see
     :func:`get_solver`)."""
-    get_solver(name)  # (the same error for an unknown name)
-    return _SWEEP_RULES[name]
+    return _registered(name).auto_sweeps
 
 
 def thread_budget() -> int:
