@@ -50,7 +50,8 @@ _embedded: dict[str, Any] = {}
 #: transparent huge pages on malloc's large mappings, given to the embedded cluster's
 #: processes (see the module docstring). It takes effect only where the kernel's
 #: ``transparent_hugepage/enabled`` is ``madvise`` or ``always``.
-MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
+MALLOC_TUNABLE_NAME = "glibc.malloc.hugetlb"
+MALLOC_TUNABLE = f"{MALLOC_TUNABLE_NAME}=1"
 
 
 def _cluster_environ() -> dict[str, str]:
@@ -60,7 +61,7 @@ def _cluster_environ() -> dict[str, str]:
     (``distributed.nanny.pre-spawn-environ``, which an inherited value would override)."""
     configured = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if "GLIBC_TUNABLES" in configured or MALLOC_TUNABLE.split("=")[0] in tunables:
+    if "GLIBC_TUNABLES" in configured or MALLOC_TUNABLE_NAME in tunables:
         return {}
     return {"GLIBC_TUNABLES": ":".join(filter(None, [tunables, MALLOC_TUNABLE]))}
 

@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from bignmf.cluster import MALLOC_TUNABLE, worker_info
+from bignmf.cluster import MALLOC_TUNABLE, MALLOC_TUNABLE_NAME, worker_info
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ def jobqueue_kwargs(profile: Any) -> dict[str, Any]:
 #: unless they already name that tunable (a profile whose prologue sets ``GLIBC_TUNABLES``
 #: gets no such line).
 TUNABLES_LINE = (
-    f'case "$GLIBC_TUNABLES" in *{MALLOC_TUNABLE.split("=")[0]}*) ;; '
+    f'case "$GLIBC_TUNABLES" in *{MALLOC_TUNABLE_NAME}*) ;; '
     f'*) export GLIBC_TUNABLES="${{GLIBC_TUNABLES:+$GLIBC_TUNABLES:}}{MALLOC_TUNABLE}" ;; esac'
 )
 
